@@ -1,0 +1,300 @@
+"""``python -m runtime.eval MODEL --coco DIR``: COCO mAP of a checkpoint, ONNX file or TensorRT engine.
+
+Examples::
+
+    python -m runtime.eval checkpoint.pth --coco data/coco
+    python -m runtime.eval model.onnx --ann ../shared/golden/coco/annotations.json --images ../shared/golden/coco/images
+    python -m runtime.eval engine.plan --coco data/coco --batch 8 --verify checkpoint.pth --report report.json
+
+Exit codes: 0 success, 1 verification beyond tolerance, 2 bad usage or unreadable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from runtime.backends import Backend, open_backend
+from runtime.coco import (
+    CocoSet,
+    check_classes,
+    evaluate,
+    format_stats,
+    load_coco_set,
+    resolve_coco_paths,
+    to_coco_results,
+)
+from runtime.compare import AP_TOLERANCE, Comparison, delta_ap, format_ap_table, format_output_table, judge
+from runtime.decode import HEAD_OUTPUTS, Detections
+from runtime.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, UserError
+from runtime.pipeline import Timings, batches_by_shape, prepared_images, run_batch
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m runtime.eval",
+        description=__doc__.split("\n\n")[0]
+        + " The backend follows the file suffix: .pth (PyTorch), .onnx (ONNX Runtime), .plan (TensorRT).",
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "model", help="checkpoint (.pth, ours or mmdet's), ONNX file (.onnx) or TensorRT engine (.plan)"
+    )
+    data = p.add_argument_group("data (COCO format)")
+    data.add_argument(
+        "--coco", metavar="DIR", help="COCO layout: DIR/annotations/instances_val2017.json + DIR/val2017/"
+    )
+    data.add_argument("--ann", metavar="FILE", help="any COCO-format annotation file (with --images)")
+    data.add_argument("--images", metavar="DIR", help="folder holding the images the annotation file names")
+    data.add_argument(
+        "--limit", type=int, metavar="N", help="evaluate only the first N images (sorted by id)"
+    )
+    run = p.add_argument_group("inference")
+    run.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    run.add_argument(
+        "--flip", action="store_true", help="flip test-time augmentation (mmdet's merge; the published 41.2)"
+    )
+    run.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        metavar="N",
+        help="images per inference; only images with the same padded shape share a batch (default 1)",
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="pre-processing threads overlapped with inference (default 2)",
+    )
+    out = p.add_argument_group("outputs")
+    out.add_argument(
+        "--out", metavar="FILE", help="write COCO results JSON (every detection, at most 100 per image)"
+    )
+    out.add_argument(
+        "--report", metavar="FILE", help="write a JSON report: stats, timings, and the verification"
+    )
+    out.add_argument(
+        "--evaluator",
+        choices=("faster-coco-eval", "pycocotools"),
+        default="faster-coco-eval",
+        help="COCO scorer (identical numbers; faster-coco-eval is ~12x faster)",
+    )
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ver = p.add_argument_group("verification against PyTorch fp32")
+    ver.add_argument(
+        "--verify",
+        nargs="?",
+        const="auto",
+        metavar="CKPT",
+        help="also run this checkpoint in PyTorch fp32 on the same images and compare outputs, detections and AP; "
+        "without CKPT, the source checkpoint recorded in the model's metadata (if present with the same sha256)",
+    )
+    ver.add_argument(
+        "--ap-tol",
+        type=float,
+        metavar="PTS",
+        help="allowed |ΔAP| in AP points (default 0.01 for fp32, 0.3 for fp16)",
+    )
+    ver.add_argument(
+        "--min-match",
+        type=float,
+        metavar="FRAC",
+        help="required fraction of matched detections (default 0.99 for fp32, 0 otherwise)",
+    )
+    return p
+
+
+def resolve_reference(arg: str, backend: Backend) -> Path:
+    """``--verify`` target: the given checkpoint, or the one named in the model's metadata."""
+    if arg != "auto":
+        return Path(arg)
+    from trainer.checkpoint import sha256_file
+
+    path, sha = backend.info.get("source_checkpoint"), backend.info.get("source_sha256")
+    if not path:
+        raise UserError(
+            "--verify without CKPT: the model records no source checkpoint; pass --verify CHECKPOINT.pth"
+        )
+    if not Path(path).is_file():
+        raise UserError(
+            f"--verify: the source checkpoint {path} recorded in the model is not there; pass --verify CHECKPOINT.pth"
+        )
+    if sha and sha256_file(path) != sha:
+        raise UserError(
+            f"--verify: {path} is not the checkpoint this model was built from (sha256 differs); pass --verify CHECKPOINT.pth"
+        )
+    return Path(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    ann, img_dir = resolve_coco_paths(args.coco, args.ann, args.images)
+    coco: CocoSet = load_coco_set(ann, img_dir)
+    if args.batch < 1 or args.workers < 0 or (args.limit is not None and args.limit < 1):
+        raise UserError("--batch and --limit must be at least 1, --workers at least 0")
+    images = coco.images[: args.limit] if args.limit else coco.images
+    if not images:
+        raise UserError(f"{coco.ann_file}: lists no images; nothing to evaluate")
+
+    backend = open_backend(args.model, device=args.device)
+    check_classes(coco, backend.meta.classes, args.model)
+    reference = None
+    if args.verify:
+        from runtime.backends.pytorch import PyTorchBackend
+
+        ref_path = resolve_reference(args.verify, backend)
+        kind = "heads" if all(n in backend.output_names for n in HEAD_OUTPUTS) else "proposals"
+        reference = PyTorchBackend(ref_path, device=args.device, outputs=kind, dtype="fp32")
+        check_classes(coco, reference.meta.classes, str(ref_path))
+
+    print(f"model    {args.model} ({backend.name}, {backend.info.get('precision', 'fp32')})")
+    print(f"data     {coco.ann_file} ({len(images)} images, {coco.num_annotations} annotations)")
+    if reference is not None:
+        print(f"verify   against {ref_path} (pytorch fp32, {reference.info['device']})")
+
+    skipped: list[str] = []
+
+    def on_skip(path: Path, reason: str) -> None:
+        skipped.append(str(path))
+        tqdm.write(f"warning: skipping {reason}", file=sys.stderr)
+
+    timings, ref_seconds = Timings(), 0.0
+    comparison = Comparison()
+    dets: dict[int, Detections] = {}
+    ref_dets: dict[int, Detections] = {}
+    items = [(im.id, im.path) for im in images]
+    t_start = time.perf_counter()
+    bar = tqdm(
+        total=len(items),
+        desc="eval",
+        unit="img",
+        disable=args.no_progress,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
+    for batch in batches_by_shape(
+        prepared_images(items, backend.meta, args.flip, args.workers, on_skip), args.batch
+    ):
+        timings.preprocess += sum(p.seconds for p in batch)
+        res = run_batch(backend, batch, timings)
+        dets.update(zip(res.keys, res.detections, strict=True))
+        if reference is not None:
+            t0 = time.perf_counter()
+            ref = run_batch(reference, batch)
+            ref_seconds += time.perf_counter() - t0
+            comparison.add_outputs(ref.outputs, res.outputs)
+            for d_ref, d_test in zip(ref.detections, res.detections, strict=True):
+                comparison.add_detections(d_ref, d_test)
+            ref_dets.update(zip(ref.keys, ref.detections, strict=True))
+        bar.update(len(batch))
+        timings.images += len(batch)
+    bar.close()
+    timings.wall = time.perf_counter() - t_start - ref_seconds
+    if not dets:
+        raise UserError(f"{coco.image_dir}: none of the {len(items)} images could be read; check --images")
+    if skipped:
+        print(f"warning: skipped {len(skipped)} of {len(items)} unreadable images", file=sys.stderr)
+
+    evaluated_ids = sorted(dets)
+    results = [
+        r
+        for k in evaluated_ids
+        for r in to_coco_results(k, dets[k].boxes, dets[k].scores, dets[k].labels, coco.category_ids)
+    ]
+    stats = evaluate(coco, results, args.evaluator, evaluated_ids)
+    print(format_stats(stats))
+    t = timings.per_image_ms()
+    print(
+        f"timing   pre-process {t['preprocess_ms']:.1f} ms (in {args.workers} threads), inference {t['inference_ms']:.1f} ms, "
+        f"decode {t['decode_ms']:.1f} ms per image; {t['fps']:.2f} images/s overall"
+    )
+    if args.out:
+        _write_json(args.out, results)
+        print(f"wrote    {args.out} ({len(results)} detections)")
+
+    report: dict[str, Any] = {
+        "model": str(args.model),
+        "backend": backend.name,
+        "backend_info": backend.info,
+        "dataset": {
+            "ann_file": str(coco.ann_file),
+            "image_dir": str(coco.image_dir),
+            "images": len(evaluated_ids),
+            "skipped": skipped,
+        },
+        "flip": args.flip,
+        "batch": args.batch,
+        "stats": stats,
+        "timings": t,
+    }
+    exit_code = EXIT_OK
+    if reference is not None:
+        ref_results = [
+            r
+            for k in evaluated_ids
+            for r in to_coco_results(
+                k, ref_dets[k].boxes, ref_dets[k].scores, ref_dets[k].labels, coco.category_ids
+            )
+        ]
+        ref_stats = evaluate(coco, ref_results, args.evaluator, evaluated_ids)
+        dap = delta_ap(stats, ref_stats)
+        precision = str(backend.info.get("precision", "fp32"))
+        ap_tol = args.ap_tol if args.ap_tol is not None else AP_TOLERANCE.get(precision, 0.3)
+        min_match = args.min_match if args.min_match is not None else (0.99 if precision == "fp32" else 0.0)
+        verdict = judge(comparison, dap, ap_tol, min_match)
+        print(format_output_table(comparison))
+        print(format_ap_table(stats, ref_stats, dap, backend.name, "pytorch fp32"))
+        print(
+            f"verify   {'PASSED' if verdict.passed else 'FAILED'}"
+            + ("" if verdict.passed else ": " + "; ".join(verdict.reasons))
+        )
+        report["verify"] = {
+            "reference": str(ref_path),
+            "reference_sha256": reference.info["checkpoint_sha256"],
+            "outputs": {name: e.summary() for name, e in comparison.outputs.items()},
+            "matched": comparison.matched,
+            "reference_detections": comparison.ref_detections,
+            "test_detections": comparison.test_detections,
+            "matched_rate": comparison.match_rate,
+            "reference_stats": ref_stats,
+            "delta_ap": dap,
+            "ap_tolerance": ap_tol,
+            "min_match": min_match,
+            "passed": verdict.passed,
+            "reasons": verdict.reasons,
+        }
+        exit_code = EXIT_OK if verdict.passed else EXIT_CHECK_FAILED
+    if args.report:
+        _write_json(args.report, report)
+        print(f"wrote    {args.report}")
+    backend.close()
+    return exit_code
+
+
+def _write_json(path: str, obj: Any) -> None:
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(obj, indent=1))
+    except OSError as e:
+        raise UserError(f"{path}: cannot write ({e.strerror}); choose another path") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite on a CPU machine (what CI runs through .ci/run).
+# Installs: the CPU build of torch 2.13.0, this package with its dev extras, and, when the
+# machine has no nvcc, NVIDIA's CUDA compiler wheels so the plugin's kernels are compile-tested.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+python3 -m pip install -q "torch==2.13.0"
+python3 -m pip install -q -e ".[dev]"
+if ! command -v nvcc >/dev/null 2>&1 && [ -z "${CUDA_HOME:-}" ]; then
+    python3 -m pip install -q -e ".[cuda-build]"
+fi
+
+# Two workers for two cores; one BLAS/OpenMP thread each so they don't fight over the cores.
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+python3 -m ruff check trainer export trt_plugins runtime tests benchmarks setup.py
+exec python3 -m pytest -n 2 --dist loadfile -q "$@" tests
