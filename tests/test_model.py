@@ -106,3 +106,14 @@ def test_config_rejects_inconsistent_stages() -> None:
     with pytest.raises(ValueError, match="downsample_times"):
         ModelConfig(downsample_times=2, stage_channels=(8, 8), stage_blocks=(1, 1, 1))
     assert ModelConfig.from_dict(hg104().to_dict()) == hg104()
+
+
+def test_output_names_shared_with_numpy_runtime() -> None:
+    from runtime.decode import HEAD_OUTPUTS as RUNTIME_HEADS
+    from runtime.decode import PROPOSAL_OUTPUTS
+    from trainer.model.proposals import DeployModel
+
+    assert HEAD_OUTPUTS == RUNTIME_HEADS
+    model = CornerNet(tiny(num_classes=3)).eval()
+    assert DeployModel(model).output_names == PROPOSAL_OUTPUTS
+    assert DeployModel(model, "heads").output_names == HEAD_OUTPUTS

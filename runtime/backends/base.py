@@ -14,8 +14,6 @@ import numpy as np
 
 from runtime.meta import ModelMeta
 
-HEAD_OUTPUTS: tuple[str, ...] = ("tl_heat", "br_heat", "tl_emb", "br_emb", "tl_off", "br_off")
-
 
 class Backend(ABC):
     """Runs one model file. Subclasses set ``name``, ``meta``, ``output_names`` and ``info``."""

@@ -10,14 +10,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from runtime.decode import PROPOSAL_OUTPUTS
+
 from .corner_head import HEAD_OUTPUTS, HeadOutputs
 from .detector import CornerNet
-
-# Output names of the deployed graph, in order (the numpy decoder reads the same names).
-PROPOSAL_OUTPUTS: tuple[str, ...] = (
-    "tl_scores", "tl_inds", "tl_embs", "tl_offs",
-    "br_scores", "br_inds", "br_embs", "br_offs",
-)  # fmt: skip
 
 
 def local_maximum(heat: Tensor, kernel: int = 3) -> Tensor:
