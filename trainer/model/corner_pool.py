@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-MODES: dict[str, int] = {"top": 0, "bottom": 1, "left": 2, "right": 3}
+from trt_plugins.fields import MODES  # one numbering for the op, the ONNX node and the plugin
 
 
 def _dim_and_flip(mode: int) -> tuple[int, bool]:
