@@ -92,6 +92,31 @@ def resolve_coco_paths(coco: str | None, ann: str | None, images: str | None) ->
     return ann_path, img_dir
 
 
+def _require(ann_file: Path, where: str, entry: Any, fields: dict[str, type], fix: str) -> None:
+    """One-line :class:`UserError` unless ``entry`` is a dict holding ``fields`` of those types.
+
+    Integers may be written as integral floats (``5.0``), which compare and hash like ints; strings
+    are refused since results would never match them.
+    """
+    if not isinstance(entry, dict):
+        raise UserError(f"{ann_file}: {where} is not an object (got {type(entry).__name__}); {fix}")
+    missing = [k for k in fields if k not in entry]
+    if missing:
+        raise UserError(f"{ann_file}: {where} has no {'/'.join(missing)}; {fix}")
+    for key, kind in fields.items():
+        value = entry[key]
+        if kind is int:
+            ok = (isinstance(value, int) and not isinstance(value, bool)) or (
+                isinstance(value, float) and value.is_integer()
+            )
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            raise UserError(
+                f"{ann_file}: {where} {key} is {value!r}, not {'an integer' if kind is int else 'a ' + kind.__name__}; {fix}"
+            )
+
+
 def load_coco_set(ann_file: str | Path, image_dir: str | Path) -> CocoSet:
     """Read and validate a COCO-format annotation file (one-line errors for what is wrong)."""
     ann_file, image_dir = Path(ann_file), Path(image_dir)
@@ -103,14 +128,18 @@ def load_coco_set(ann_file: str | Path, image_dir: str | Path) -> CocoSet:
         raise UserError(f"{ann_file}: not valid JSON ({e}); pass a COCO-format instances file") from None
     if not isinstance(dataset, dict) or "images" not in dataset or "categories" not in dataset:
         raise UserError(f"{ann_file}: missing 'images' or 'categories'; pass a COCO-format instances file")
-    dataset.setdefault("annotations", [])
+    if dataset.get("annotations") is None:
+        dataset["annotations"] = []
+    for key in ("images", "categories", "annotations"):
+        if not isinstance(dataset[key], list):
+            raise UserError(
+                f"{ann_file}: '{key}' is not a list (got {type(dataset[key]).__name__}); pass a COCO-format instances file"
+            )
     images = []
     for i, im in enumerate(dataset["images"]):
-        missing = [k for k in ("id", "file_name") if k not in im]
-        if missing:
-            raise UserError(
-                f"{ann_file}: images[{i}] has no {'/'.join(missing)}; every image needs id and file_name"
-            )
+        _require(
+            ann_file, f"images[{i}]", im, {"id": int, "file_name": str}, "every image needs id and file_name"
+        )
         images.append(
             CocoImage(
                 int(im["id"]),
@@ -121,17 +150,26 @@ def load_coco_set(ann_file: str | Path, image_dir: str | Path) -> CocoSet:
             )
         )
     images.sort(key=lambda im: im.id)
+    for i, c in enumerate(dataset["categories"]):
+        _require(ann_file, f"categories[{i}]", c, {"id": int}, "every category needs an id")
     cats = sorted(dataset["categories"], key=lambda c: c["id"])
     for i, a in enumerate(dataset["annotations"]):
-        missing = [k for k in ("image_id", "category_id", "bbox") if k not in a]
-        if missing:
+        _require(
+            ann_file,
+            f"annotations[{i}]",
+            a,
+            {"image_id": int, "category_id": int, "bbox": list},
+            "fix or regenerate the file",
+        )
+        bbox = a["bbox"]
+        if len(bbox) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
             raise UserError(
-                f"{ann_file}: annotations[{i}] has no {'/'.join(missing)}; fix or regenerate the file"
+                f"{ann_file}: annotations[{i}] bbox {bbox!r} is not 4 numbers [x, y, w, h]; fix or regenerate the file"
             )
         a.setdefault("iscrowd", 0)
         a.setdefault("id", i + 1)
         if "area" not in a:
-            a["area"] = float(a["bbox"][2]) * float(a["bbox"][3])
+            a["area"] = float(bbox[2]) * float(bbox[3])
     return CocoSet(
         ann_file,
         image_dir,
@@ -142,11 +180,44 @@ def load_coco_set(ann_file: str | Path, image_dir: str | Path) -> CocoSet:
     )
 
 
+def _same_name(a: str, b: str) -> bool:
+    """Class names equal up to case and ``_``/space (mmdet 1.x wrote ``traffic_light``)."""
+    return a.strip().lower().replace("_", " ") == b.strip().lower().replace("_", " ")
+
+
 def check_classes(coco: CocoSet, classes: tuple[str, ...], model_path: str) -> None:
-    """The model's labels must map onto the annotation file's categories one to one."""
+    """The model's labels must map onto the annotation file's categories one to one.
+
+    Label ``i`` is the ``i``-th sorted category id (mmdet's rule), so the counts must agree, and every
+    annotation must use a listed category id (else its objects would silently never count). When the
+    model carries real names (not the ``class<N>`` placeholders of unnamed checkpoints) and fewer
+    than half of them agree with the file's category names at the same position, the file is another
+    data set: that is an error too, rather than a silently meaningless AP.
+    """
     if len(coco.category_ids) != len(classes):
         raise UserError(
             f"{coco.ann_file}: {len(coco.category_ids)} categories but {model_path} predicts {len(classes)} classes; evaluate on a data set with the model's classes"
+        )
+    known = set(coco.category_ids)
+    for i, a in enumerate(coco.dataset["annotations"]):
+        if a["category_id"] not in known:
+            raise UserError(
+                f"{coco.ann_file}: annotations[{i}] has category_id {a['category_id']}, which is not among the file's "
+                f"categories {coco.category_ids}; fix the file or its categories list"
+            )
+    unnamed_model = all(c == f"class{i}" for i, c in enumerate(classes))
+    unnamed_file = all(n == str(c) for n, c in zip(coco.category_names, coco.category_ids, strict=True))
+    if unnamed_model or unnamed_file:
+        return
+    differ = [
+        i for i, (a, b) in enumerate(zip(classes, coco.category_names, strict=True)) if not _same_name(a, b)
+    ]
+    if 2 * len(differ) > len(classes):
+        i = differ[0]
+        raise UserError(
+            f"{coco.ann_file}: its categories are not {model_path}'s classes ({len(differ)} of {len(classes)} names differ, "
+            f"e.g. category id {coco.category_ids[i]} '{coco.category_names[i]}' vs model class {i} '{classes[i]}'); "
+            "evaluate on a data set with the model's classes"
         )
 
 

@@ -5,6 +5,7 @@ Examples::
     python -m runtime.eval checkpoint.pth --coco data/coco
     python -m runtime.eval model.onnx --ann ../shared/golden/coco/annotations.json --images ../shared/golden/coco/images
     python -m runtime.eval engine.plan --coco data/coco --batch 8 --verify checkpoint.pth --report report.json
+    python -m runtime.eval model.fp16.onnx --coco data/coco --verify --pictures verify_pictures/
 
 Exit codes: 0 success, 1 verification beyond tolerance, 2 bad usage or unreadable input.
 """
@@ -33,7 +34,9 @@ from runtime.coco import (
 from runtime.compare import AP_TOLERANCE, Comparison, delta_ap, format_ap_table, format_output_table, judge
 from runtime.decode import HEAD_OUTPUTS, Detections
 from runtime.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, UserError
+from runtime.image_io import quiet_decoder_logs
 from runtime.pipeline import Timings, batches_by_shape, prepared_images, run_batch
+from runtime.verify_pictures import DEFAULT_COUNT, write_verify_pictures
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -110,6 +113,19 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="FRAC",
         help="required fraction of matched detections (default 0.99 for fp32, 0 otherwise)",
     )
+    ver.add_argument(
+        "--pictures",
+        metavar="DIR",
+        help="with --verify: write side-by-side PNGs (PyTorch fp32 | this backend, scores >= 0.3) "
+        "of the images whose detections differ most",
+    )
+    ver.add_argument(
+        "--pictures-count",
+        type=int,
+        default=DEFAULT_COUNT,
+        metavar="K",
+        help=f"how many pictures --pictures writes (default {DEFAULT_COUNT})",
+    )
     return p
 
 
@@ -140,11 +156,17 @@ def run(args: argparse.Namespace) -> int:
     coco: CocoSet = load_coco_set(ann, img_dir)
     if args.batch < 1 or args.workers < 0 or (args.limit is not None and args.limit < 1):
         raise UserError("--batch and --limit must be at least 1, --workers at least 0")
+    if args.pictures and (not args.verify or args.pictures_count < 1):
+        raise UserError(
+            "--pictures DIR needs --verify (it draws PyTorch fp32 beside the backend) and --pictures-count >= 1"
+        )
     images = coco.images[: args.limit] if args.limit else coco.images
     if not images:
         raise UserError(f"{coco.ann_file}: lists no images; nothing to evaluate")
 
     backend = open_backend(args.model, device=args.device)
+    if not any(img_dir.iterdir()):
+        raise UserError(f"{img_dir}: image folder is empty; pass the folder that holds the images {ann.name} lists")
     check_classes(coco, backend.meta.classes, args.model)
     reference = None
     if args.verify:
@@ -272,6 +294,20 @@ def run(args: argparse.Namespace) -> int:
             "reasons": verdict.reasons,
         }
         exit_code = EXIT_OK if verdict.passed else EXIT_CHECK_FAILED
+        if args.pictures:
+            pictures = write_verify_pictures(
+                args.pictures,
+                {im.id: im.path for im in images},
+                ref_dets,
+                dets,
+                backend.meta.classes,
+                f"{backend.name} {precision}",
+                args.pictures_count,
+            )
+            report["verify"]["pictures"] = [str(p) for p in pictures]
+            print(
+                f"wrote    {len(pictures)} pictures to {args.pictures} (PyTorch fp32 left, {backend.name} right)"
+            )
     if args.report:
         _write_json(args.report, report)
         print(f"wrote    {args.report}")
@@ -289,6 +325,7 @@ def _write_json(path: str, obj: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    quiet_decoder_logs()  # unreadable images are reported in one line of ours
     try:
         return run(args)
     except UserError as e:

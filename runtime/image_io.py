@@ -56,3 +56,50 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
             "re-export or remove the file"
         )
     return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+# File suffixes OpenCV decodes; ``runtime.detect`` takes these from a folder and leaves other files alone.
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".avif"}
+    | {".pbm", ".pgm", ".ppm", ".pnm", ".pxm", ".jp2", ".sr", ".ras", ".exr", ".hdr", ".pic"}
+)
+
+
+def quiet_decoder_logs() -> None:
+    """Silence OpenCV's own log lines (e.g. ``[ERROR] grfmt_png.cpp ... IHDR chunk``) for this process.
+
+    :func:`read_image` already reports an undecodable file in one line that names it; OpenCV's
+    lines would only add noise. Command-line entry points call this; library code does not.
+    """
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+def write_image(path: str | os.PathLike[str], image_rgb: np.ndarray, jpeg_quality: int = 95) -> None:
+    """Write an RGB image; the format follows the suffix (``.jpg``/``.jpeg`` JPEG, ``.png`` PNG, ...).
+
+    Encodes in memory and writes the bytes, so non-ASCII paths work and failures raise instead of
+    returning ``False`` as ``cv2.imwrite`` does.
+
+    Args:
+        path: output file; its folder must exist.
+        image_rgb: ``(h, w, 3)`` uint8, RGB.
+        jpeg_quality: 0-100, used for JPEG only.
+
+    Raises:
+        UserError: the suffix names no format OpenCV writes, or the file cannot be written.
+    """
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if suffix in (".jpg", ".jpeg", ".jpe") else []
+    try:
+        ok, buf = cv2.imencode(suffix, np.ascontiguousarray(image_rgb[:, :, ::-1]), params)
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise UserError(f"{path}: OpenCV cannot encode an image as '{suffix}'; use .png or .jpg")
+    try:
+        with open(path, "wb") as f:
+            f.write(buf.tobytes())
+    except OSError as e:
+        raise UserError(
+            f"{path}: cannot write the image ({e.strerror or e}); free disk space or choose another --out-dir"
+        ) from None

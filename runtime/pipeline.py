@@ -60,7 +60,17 @@ class Timings:
 def prepare(key: int, path: Path, meta: ModelMeta, flip: bool) -> Prepared:
     """Read and pre-process one image (raises ``UserError`` for unreadable files)."""
     t0 = time.perf_counter()
-    image = read_image(path)
+    prepared = prepare_image(key, path, read_image(path), meta, flip)
+    prepared.seconds = time.perf_counter() - t0
+    return prepared
+
+
+def prepare_image(key: int, path: Path, image: np.ndarray, meta: ModelMeta, flip: bool) -> Prepared:
+    """Pre-process an image already in memory (``(h, w, 3)`` uint8 RGB, as ``read_image`` returns it).
+
+    For callers that need the pixels too (``runtime.detect`` draws on them); ``path`` is kept for messages.
+    """
+    t0 = time.perf_counter()
     views = [preprocess(image, meta.mean, meta.std, flip=False)]
     if flip:
         views.append(preprocess(image, meta.mean, meta.std, flip=True))

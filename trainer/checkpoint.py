@@ -69,6 +69,11 @@ def _torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         first_error = e
+    # torch.save writes a zip: a zip header without a readable central directory is a cut-short file.
+    if _starts_with(path, b"PK\x03\x04") and not zipfile.is_zipfile(path):
+        raise UserError(
+            f"{path}: truncated checkpoint ({path.stat().st_size} bytes, the end of the zip archive is missing); re-download or re-save it"
+        )
     # mmengine checkpoints may carry numpy objects (message hub, RNG) that weights_only refuses.
     if not zipfile.is_zipfile(path) and not _looks_like_legacy_pickle(path):
         raise UserError(
@@ -89,9 +94,13 @@ def _torch_load(path: Path) -> Any:
     return obj
 
 
-def _looks_like_legacy_pickle(path: Path) -> bool:
+def _starts_with(path: Path, magic: bytes) -> bool:
     with open(path, "rb") as f:
-        return f.read(1) == b"\x80"
+        return f.read(len(magic)) == magic
+
+
+def _looks_like_legacy_pickle(path: Path) -> bool:
+    return _starts_with(path, b"\x80")
 
 
 def _strip_prefix(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -1,0 +1,155 @@
+"""``python -m runtime.detect MODEL IMAGE_OR_DIR --out-dir DIR``: draw a model's detections on images.
+
+Examples::
+
+    python -m runtime.detect checkpoint.pth photo.jpg --out-dir detections/
+    python -m runtime.detect model.onnx data/coco/val2017 --out-dir detections/ --limit 20 --score-thr 0.5
+    python -m runtime.detect engine.plan images/ --out-dir detections/ --flip --device cuda:1
+
+A folder is read non-recursively; files with an image suffix (.jpg, .png, .bmp, .tif, .webp, ...)
+are taken in name order and other files are left alone. Unreadable images are skipped with a
+warning and counted. Gray, RGBA and 16-bit images are read as mmdet reads them (3 channels, 8 bit).
+Pictures keep the input's name: JPEG for JPEG inputs, PNG for PNG inputs and for every other format
+(``name.bmp`` -> ``name.bmp.png``).
+
+Exit codes: 0 success (also when some images were skipped), 2 bad usage or unreadable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from runtime.backends import open_backend
+from runtime.decode import Detections
+from runtime.draw import draw_detections
+from runtime.errors import EXIT_BAD_INPUT, EXIT_OK, UserError
+from runtime.image_io import IMAGE_SUFFIXES, quiet_decoder_logs, read_image, write_image
+from runtime.pipeline import prepare_image, run_batch
+
+_KEEP_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m runtime.detect",
+        description=__doc__.split("\n\n")[0]
+        + " The backend follows the file suffix: .pth (PyTorch), .onnx (ONNX Runtime), .plan (TensorRT).",
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "model", help="checkpoint (.pth, ours or mmdet's), ONNX file (.onnx) or TensorRT engine (.plan)"
+    )
+    p.add_argument("input", metavar="IMAGE_OR_DIR", help="an image file, or a folder of images")
+    p.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the pictures (created)")
+    p.add_argument(
+        "--score-thr",
+        type=float,
+        default=0.3,
+        metavar="S",
+        help="draw and count detections scoring at least S (default 0.3)",
+    )
+    p.add_argument("--flip", action="store_true", help="flip test-time augmentation (mmdet's merge)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N images of a folder (name order)")
+    return p
+
+
+def output_name(path: Path) -> str:
+    """The picture's file name: the input's for PNG and JPEG, ``NAME.png`` for any other format."""
+    return path.name if path.suffix.lower() in _KEEP_SUFFIXES else path.name + ".png"
+
+
+def list_images(source: Path, limit: int | None = None) -> list[Path]:
+    """The image file ``source``, or the image files in folder ``source`` in name order (at most ``limit``).
+
+    Raises:
+        UserError: ``source`` does not exist, or is a folder with no image files.
+    """
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise UserError(f"{source}: no such image file or folder; check the path")
+    files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        what = f"{len(files)} files but none with an image suffix" if files else "is empty"
+        raise UserError(
+            f"{source}: {what}; pass a folder of images ({', '.join(sorted(_KEEP_SUFFIXES))}, ...)"
+        )
+    return images[:limit] if limit else images
+
+
+def _summary(dets: Detections, classes: tuple[str, ...], score_thr: float) -> str:
+    """``"3 detections >= 0.3 (2 cat, 1 dog)"``."""
+    labels = [int(lab) for lab, s in zip(dets.labels, dets.scores, strict=True) if s >= score_thr]
+    counts = Counter(classes[lab] if 0 <= lab < len(classes) else f"class{lab}" for lab in labels)
+    per_class = ", ".join(f"{n} {name}" for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    noun = "detection" if len(labels) == 1 else "detections"
+    return f"{len(labels)} {noun} >= {score_thr:g}" + (f" ({per_class})" if per_class else "")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.score_thr <= 1.0:
+        raise UserError(f"--score-thr {args.score_thr}: must be between 0 and 1")
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    source, out_dir = Path(args.input), Path(args.out_dir)
+    paths = list_images(source, args.limit)
+    in_dir = source if source.is_dir() else source.parent
+    if out_dir.resolve() == in_dir.resolve():
+        raise UserError(
+            f"--out-dir {out_dir}: is the folder the images are in, so the pictures would replace them; choose another folder"
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(
+            f"--out-dir {out_dir}: cannot create the folder ({e.strerror or e}); choose another"
+        ) from None
+
+    skipped = 0
+    with open_backend(args.model, device=args.device) as backend:
+        classes = backend.meta.classes
+        for key, path in enumerate(paths):
+            t0 = time.perf_counter()
+            try:
+                image = read_image(path)
+            except UserError as e:
+                if source.is_file():
+                    raise
+                skipped += 1
+                print(f"warning: skipping {e}", file=sys.stderr)
+                continue
+            prepared = prepare_image(key, path, image, backend.meta, args.flip)
+            dets = run_batch(backend, [prepared]).detections[0]
+            target = out_dir / output_name(path)
+            write_image(target, draw_detections(image, dets, classes, args.score_thr))
+            ms = 1e3 * (time.perf_counter() - t0)
+            print(f"{path}: {_summary(dets, classes, args.score_thr)} -> {target} ({ms:.0f} ms)")
+    if skipped == len(paths):
+        raise UserError(f"{source}: none of the {len(paths)} images could be read; see the warnings above")
+    if skipped:
+        print(f"warning: skipped {skipped} of {len(paths)} images (unreadable)", file=sys.stderr)
+    written = len(paths) - skipped
+    print(f"wrote    {written} picture{'' if written == 1 else 's'} to {out_dir}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse ``argv``, run, and turn a :class:`UserError` into one line on stderr and exit 2."""
+    args = make_parser().parse_args(argv)
+    quiet_decoder_logs()
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
