@@ -35,6 +35,7 @@ from runtime.compare import AP_TOLERANCE, Comparison, delta_ap, format_ap_table,
 from runtime.decode import HEAD_OUTPUTS, Detections
 from runtime.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, UserError
 from runtime.image_io import quiet_decoder_logs
+from runtime.meta import sha256_file
 from runtime.pipeline import Timings, batches_by_shape, prepared_images, run_batch
 from runtime.verify_pictures import DEFAULT_COUNT, write_verify_pictures
 
@@ -133,8 +134,6 @@ def resolve_reference(arg: str, backend: Backend) -> Path:
     """``--verify`` target: the given checkpoint, or the one named in the model's metadata."""
     if arg != "auto":
         return Path(arg)
-    from trainer.checkpoint import sha256_file
-
     path, sha = backend.info.get("source_checkpoint"), backend.info.get("source_sha256")
     if not path:
         raise UserError(

@@ -7,7 +7,9 @@ so a model file alone can be evaluated. Plain dataclasses; JSON in and out, neve
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +18,15 @@ MMDET_STD_RGB = (58.395, 57.12, 57.375)
 
 # mmdet's test padding: centre the image in a canvas of (h | 127, w | 127).
 PAD_RULE = "center_logical_or_127"
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file (provenance of checkpoints, ONNX files, engines and plugin libraries)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ mmdet checkpoints are ``{'meta': ..., 'state_dict': ...}``: class names from ``m
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import warnings
@@ -30,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from runtime.errors import UserError
-from runtime.meta import COCO_CLASSES, ModelMeta, TestConfig
+from runtime.meta import COCO_CLASSES, ModelMeta, TestConfig, sha256_file  # noqa: F401 - re-exported
 
 from . import mmdet_config
 from .model import CornerNet, ModelConfig
@@ -50,14 +49,6 @@ class Checkpoint:
     state_dict: dict[str, Tensor]
     source: str  # "cornernet-deploy", "mmdet2", "mmdet3" or "state_dict"
     extra: dict[str, Any] = field(default_factory=dict)  # training state of our checkpoints
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _torch_load(path: Path) -> Any:

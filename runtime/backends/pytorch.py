@@ -27,7 +27,8 @@ class PyTorchBackend(Backend):
     ) -> None:
         import torch
 
-        from trainer.checkpoint import build_model, load_checkpoint, sha256_file
+        from runtime.meta import sha256_file
+        from trainer.checkpoint import build_model, load_checkpoint
         from trainer.model.proposals import DeployModel
 
         self._torch = torch
@@ -37,6 +38,10 @@ class PyTorchBackend(Backend):
 
             raise UserError(f"--device {device}: no CUDA device is visible to PyTorch; use --device cpu")
         self.device = torch.device(device)
+        if dtype == "fp32" and self.device.type == "cuda":
+            # The fp32 reference must be fp32: cuDNN/cuBLAS would otherwise use TF32 for convolutions.
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         ckpt = load_checkpoint(path)
         self.meta = ckpt.meta
         tc = ckpt.meta.test_cfg

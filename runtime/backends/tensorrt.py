@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import json
 import os
 import warnings
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import UserError
-from runtime.meta import ModelMeta
+from runtime.meta import ModelMeta, sha256_file
 
 from .base import Backend
 
@@ -186,7 +185,10 @@ class Sidecar:
             raise UserError(
                 f"{where}: unknown precision {sidecar.precision!r} (expected fp32 or fp16); rebuild the engine with python -m export.to_trt"
             )
-        sidecar.profile.validate()
+        try:
+            sidecar.profile.validate()
+        except UserError as e:
+            raise UserError(f"{where}: {e}; rebuild the engine with python -m export.to_trt") from None
         return sidecar
 
     def write(self, path: str | Path) -> None:
@@ -246,15 +248,6 @@ def _opt_str(v: Any) -> str | None:
 
 def _fmt_shape(shape: tuple[int, ...] | list[int]) -> str:
     return "x".join(str(int(s)) for s in shape)
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
@@ -550,7 +543,7 @@ class TensorRTBackend(Backend):
                 where = f"{where} (plugin: {why})"
             check_plugin(sidecar, plugin_lib, plugin_sha, where, rebuild)
 
-        self._trt, self._cudart, self._path = trt, cudart, path
+        self._trt, self._cudart, self._path, self._device = trt, cudart, path, index
         self.sidecar, self.meta, self.profile = sidecar, sidecar.meta, sidecar.profile
         self._rebuild = rebuild
         self._runtime = trt.Runtime(trt_logger(trt))
@@ -605,18 +598,17 @@ class TensorRTBackend(Backend):
 
     # -- buffers ------------------------------------------------------------------------------------
 
-    def _reserve(self, name: str, nbytes: int) -> bool:
-        """Make ``name``'s buffers hold ``nbytes``; True when they were (re)allocated (addresses changed)."""
+    def _reserve(self, name: str, nbytes: int) -> None:
+        """Make ``name``'s buffers hold ``nbytes``: reallocate (new addresses) only when they are smaller."""
         buf = self._buffers[name]
         if nbytes <= buf.capacity:
-            return False
+            return
         cudart = self._cudart
         self._free(buf)
         size = max(nbytes, 1)
         buf.device = int(cuda_check(cudart, cudart.cudaMalloc(size), f"cudaMalloc({size}) for {name}"))
         buf.host = int(cuda_check(cudart, cudart.cudaMallocHost(size), f"cudaMallocHost({size}) for {name}"))
         buf.capacity = size
-        return True
 
     def _free(self, buf: _Buffer) -> None:
         cudart = self._cudart
@@ -635,6 +627,8 @@ class TensorRTBackend(Backend):
 
     def _set_shape(self, shape: tuple[int, ...]) -> None:
         """Set the input shape, size the outputs, grow buffers and (re)bind their addresses."""
+        self._drop_graph()
+        self._shape = None  # until everything below succeeded
         if not self._context.set_input_shape(self._input, shape):
             raise UserError(
                 f"{self._path}: TensorRT rejected input shape {_fmt_shape(shape)}; rebuild with {self._rebuild}"
@@ -647,12 +641,11 @@ class TensorRTBackend(Backend):
                 )
         sizes = {self._input: int(np.prod(shape)) * self._dtypes[self._input].itemsize}
         sizes.update({n: int(np.prod(s)) * self._dtypes[n].itemsize for n, s in out_shapes.items()})
-        grown = [self._reserve(n, b) for n, b in sizes.items()]
-        if any(grown) or self._shape is None:
-            for n, buf in self._buffers.items():
-                if not self._context.set_tensor_address(n, buf.device):
-                    raise RuntimeError(f"{self._path}: set_tensor_address failed for {n}")
-        self._drop_graph()
+        for n, nbytes in sizes.items():
+            self._reserve(n, nbytes)
+        for n, buf in self._buffers.items():  # cheap; needed after any reallocation
+            if not self._context.set_tensor_address(n, buf.device):
+                raise RuntimeError(f"{self._path}: set_tensor_address failed for {n}")
         self._shape, self._out_shapes = shape, out_shapes
 
     # -- execution ----------------------------------------------------------------------------------
@@ -694,9 +687,11 @@ class TensorRTBackend(Backend):
             raise RuntimeError(f"{self._path}: backend is closed")
         shape = tuple(int(s) for s in images.shape)
         check_shape_in_profile(shape, self.profile, str(self._path), self._rebuild)
+        cudart, stream = self._cudart, self._stream
+        # the current device is per thread: make ours current for the allocations and copies below
+        cuda_check(cudart, cudart.cudaSetDevice(self._device), "cudaSetDevice")
         if shape != self._shape:
             self._set_shape(shape)
-        cudart, stream = self._cudart, self._stream
         host_in = self._host_array(self._input, shape)
         np.copyto(host_in, images, casting="same_kind")
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
