@@ -27,7 +27,8 @@ import sys
 from pathlib import Path
 
 from export.trt_build import DEFAULT_MAX_HW, DEFAULT_MIN_HW, DEFAULT_OPT_HW, BuildOptions, build, parse_hw
-from runtime.errors import EXIT_BAD_INPUT, EXIT_OK, UserError
+from runtime.cli import parser_from_doc, run_cli
+from runtime.errors import EXIT_OK
 
 
 def _hw(hw: tuple[int, int]) -> str:
@@ -35,13 +36,7 @@ def _hw(hw: tuple[int, int]) -> str:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    doc = __doc__ or ""
-    p = argparse.ArgumentParser(
-        prog="python -m export.to_trt",
-        description=doc.split("\n\n")[0] + " " + doc.split("\n\n")[1],
-        epilog="\n\n".join(doc.split("\n\n")[2:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = parser_from_doc("python -m export.to_trt", __doc__)
     p.add_argument(
         "model", help="checkpoint (.pth, ours or mmdet's) or ONNX file exported by cornernet-deploy (.onnx)"
     )
@@ -133,16 +128,15 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    try:
-        engine, sidecar = build(args.model, args.out, options_from_args(args))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+def run(args: argparse.Namespace) -> int:
+    engine, sidecar = build(args.model, args.out, options_from_args(args))
     print(f"engine   {engine} ({sidecar.precision}, TensorRT {sidecar.tensorrt_version}, {sidecar.gpu.name})")
     print(f"next     python -m runtime.eval {engine} --coco DIR --verify")
     return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, make_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -25,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from runtime.backends import Backend, open_backend
-from runtime.errors import EXIT_BAD_INPUT, EXIT_OK, UserError
+from runtime.cli import parser_from_doc, run_cli, write_json
+from runtime.errors import EXIT_OK, UserError
 from runtime.pipeline import Prepared, Timings, batches_by_shape, prepare, run_batch
 
 PERCENTILES = (50, 90, 99)
@@ -144,13 +144,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    doc = __doc__ or ""
-    p = argparse.ArgumentParser(
-        prog="python -m runtime.bench",
-        description="\n\n".join(doc.split("\n\n")[:2]),
-        epilog="\n\n".join(doc.split("\n\n")[2:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = parser_from_doc("python -m runtime.bench", __doc__)
     p.add_argument(
         "models",
         nargs="+",
@@ -215,23 +209,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"images   {len(paths)} from {args.images or args.coco}, batch {args.batch}, warmup {args.warmup}")
     print(format_table(results))
     if args.report:
-        try:
-            Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.report).write_text(
-                json.dumps({"images": len(paths), "batch": args.batch, "results": results}, indent=1)
-            )
-        except OSError as e:
-            raise UserError(f"{args.report}: cannot write ({e.strerror}); choose another path") from None
+        write_json(args.report, {"images": len(paths), "batch": args.batch, "results": results})
     return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    return run_cli(run, make_parser(), argv)
 
 
 if __name__ == "__main__":

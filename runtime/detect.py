@@ -24,26 +24,23 @@ from collections import Counter
 from pathlib import Path
 
 from runtime.backends import open_backend
+from runtime.cli import MODEL_HELP, parser_from_doc, run_cli
 from runtime.decode import Detections
 from runtime.draw import draw_detections
-from runtime.errors import EXIT_BAD_INPUT, EXIT_OK, UserError
-from runtime.image_io import IMAGE_SUFFIXES, quiet_decoder_logs, read_image, write_image
+from runtime.errors import EXIT_OK, UserError
+from runtime.image_io import IMAGE_SUFFIXES, read_image, write_image
 from runtime.pipeline import prepare_image, run_batch
 
 _KEEP_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m runtime.detect",
-        description=__doc__.split("\n\n")[0]
-        + " The backend follows the file suffix: .pth (PyTorch), .onnx (ONNX Runtime), .plan (TensorRT).",
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = parser_from_doc(
+        "python -m runtime.detect",
+        __doc__,
+        "The backend follows the file suffix: .pth (PyTorch), .onnx (ONNX Runtime), .plan (TensorRT).",
     )
-    p.add_argument(
-        "model", help="checkpoint (.pth, ours or mmdet's), ONNX file (.onnx) or TensorRT engine (.plan)"
-    )
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("input", metavar="IMAGE_OR_DIR", help="an image file, or a folder of images")
     p.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the pictures (created)")
     p.add_argument(
@@ -141,14 +138,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: parse ``argv``, run, and turn a :class:`UserError` into one line on stderr and exit 2."""
-    args = make_parser().parse_args(argv)
-    quiet_decoder_logs()
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    return run_cli(run, make_parser(), argv)
 
 
 if __name__ == "__main__":

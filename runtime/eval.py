@@ -13,7 +13,6 @@ Exit codes: 0 success, 1 verification beyond tolerance, 2 bad usage or unreadabl
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from runtime.backends import Backend, open_backend
+from runtime.cli import parser_from_doc, run_cli, write_json
 from runtime.coco import (
     CocoSet,
     check_classes,
@@ -33,20 +33,17 @@ from runtime.coco import (
 )
 from runtime.compare import AP_TOLERANCE, Comparison, delta_ap, format_ap_table, format_output_table, judge
 from runtime.decode import HEAD_OUTPUTS, Detections
-from runtime.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, UserError
-from runtime.image_io import quiet_decoder_logs
+from runtime.errors import EXIT_CHECK_FAILED, EXIT_OK, UserError
 from runtime.meta import sha256_file
 from runtime.pipeline import Timings, batches_by_shape, prepared_images, run_batch
 from runtime.verify_pictures import DEFAULT_COUNT, write_verify_pictures
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m runtime.eval",
-        description=__doc__.split("\n\n")[0]
-        + " The backend follows the file suffix: .pth (PyTorch), .onnx (ONNX Runtime), .plan (TensorRT).",
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = parser_from_doc(
+        "python -m runtime.eval",
+        __doc__,
+        "The backend follows the file suffix: .pth (PyTorch), .onnx (ONNX Runtime), .plan (TensorRT).",
     )
     p.add_argument(
         "model", help="checkpoint (.pth, ours or mmdet's), ONNX file (.onnx) or TensorRT engine (.plan)"
@@ -165,7 +162,9 @@ def run(args: argparse.Namespace) -> int:
 
     backend = open_backend(args.model, device=args.device)
     if not any(img_dir.iterdir()):
-        raise UserError(f"{img_dir}: image folder is empty; pass the folder that holds the images {ann.name} lists")
+        raise UserError(
+            f"{img_dir}: image folder is empty; pass the folder that holds the images {ann.name} lists"
+        )
     check_classes(coco, backend.meta.classes, args.model)
     reference = None
     if args.verify:
@@ -238,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         f"decode {t['decode_ms']:.1f} ms per image; {t['fps']:.2f} images/s overall"
     )
     if args.out:
-        _write_json(args.out, results)
+        write_json(args.out, results)
         print(f"wrote    {args.out} ({len(results)} detections)")
 
     report: dict[str, Any] = {
@@ -308,28 +307,14 @@ def run(args: argparse.Namespace) -> int:
                 f"wrote    {len(pictures)} pictures to {args.pictures} (PyTorch fp32 left, {backend.name} right)"
             )
     if args.report:
-        _write_json(args.report, report)
+        write_json(args.report, report)
         print(f"wrote    {args.report}")
     backend.close()
     return exit_code
 
 
-def _write_json(path: str, obj: Any) -> None:
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(obj, indent=1))
-    except OSError as e:
-        raise UserError(f"{path}: cannot write ({e.strerror}); choose another path") from None
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    quiet_decoder_logs()  # unreadable images are reported in one line of ours
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    return run_cli(run, make_parser(), argv)
 
 
 if __name__ == "__main__":
