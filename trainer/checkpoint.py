@@ -7,7 +7,9 @@ Our format (``format_version`` 1) is a ``torch.save``d dict::
       "model_config": ModelConfig.to_dict(),     # architecture
       "meta": ModelMeta.to_dict(),               # classes, normalisation, test settings
       "state_dict": {...},                       # mmdet key names: backbone.*, bbox_head.*
-      # training checkpoints also carry: optimizer, scheduler, scaler, epoch, iteration, rng, train_config
+      # training checkpoints (trainer/loop.py) also carry: optimizer, scheduler, scaler, epoch, iteration,
+      # rng (per rank), sampler (data position), log_window, metrics, eval_iteration, world_size,
+      # train_config, torch_version
     }
 
 mmdet checkpoints are ``{'meta': ..., 'state_dict': ...}``: class names from ``meta['CLASSES']`` (2.x) or

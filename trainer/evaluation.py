@@ -1,0 +1,120 @@
+"""COCO evaluation of the model being trained, through the runtime's own pipeline.
+
+:class:`ModelBackend` is a :class:`runtime.backends.base.Backend` over an in-memory ``CornerNet``
+(the same ``DeployModel`` graph the PyTorch backend and the exported ONNX run), so the numbers in
+the training log are exactly what ``python -m runtime.eval epoch_N.pth`` reports for the saved
+checkpoint: same pre-processing, batching by padded shape, decoding, soft-NMS and COCO scorer.
+
+With several processes each evaluates every ``world_size``-th image and rank 0 scores the union.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from runtime.backends.base import Backend
+from runtime.coco import CocoSet, check_classes, evaluate, to_coco_results
+from runtime.meta import ModelMeta
+from runtime.pipeline import batches_by_shape, prepared_images, run_batch
+from trainer.distributed import DistInfo
+from trainer.model import CornerNet
+from trainer.model.proposals import DeployModel
+
+
+class ModelBackend(Backend):
+    """Runs an in-memory ``CornerNet`` as the runtime's PyTorch backend does (proposals graph).
+
+    Args:
+        model: the network; it is put in eval mode by :func:`evaluate_model`, not here.
+        meta: classes, normalisation and test settings.
+        device: where ``model`` lives.
+        amp_dtype: autocast dtype (``torch.bfloat16``/``float16``) or ``None`` for fp32.
+    """
+
+    name = "pytorch"
+
+    def __init__(
+        self, model: CornerNet, meta: ModelMeta, device: torch.device, amp_dtype: torch.dtype | None = None
+    ) -> None:
+        tc = meta.test_cfg
+        self.meta = meta
+        self.device = device
+        self.amp_dtype = amp_dtype
+        self.graph = DeployModel(model, "proposals", tc.corner_topk, tc.local_maximum_kernel)
+        self.output_names = self.graph.output_names
+        self.info: dict[str, Any] = {
+            "checkpoint": None,
+            "device": str(device),
+            "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype],
+            "torch": torch.__version__,
+        }
+
+    def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+            ),
+        ):
+            outs = self.graph(x)
+        return {
+            name: (t.float() if t.is_floating_point() else t).cpu().numpy()
+            for name, t in zip(self.output_names, outs, strict=True)
+        }
+
+
+def evaluate_model(
+    model: CornerNet,
+    meta: ModelMeta,
+    coco: CocoSet,
+    *,
+    info: DistInfo | None = None,
+    limit: int | None = None,
+    batch: int = 1,
+    flip: bool = False,
+    workers: int = 2,
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> dict[str, float] | None:
+    """The 12 COCO bbox stats (fractions 0-1) of ``model`` on ``coco``; ``None`` on ranks other than 0.
+
+    Must be called on every process together (the results are gathered). The model is switched to
+    eval mode for the duration and restored afterwards.
+
+    Args:
+        limit: the first ``limit`` images (sorted by id), as ``runtime.eval --limit``.
+        batch, flip, workers: as ``runtime.eval --batch/--flip/--workers``.
+    """
+    info = info or DistInfo(device=next(model.parameters()).device)
+    check_classes(coco, meta.classes, "the model being trained")
+    images = coco.images[:limit] if limit else coco.images
+    mine = images[info.rank :: info.world_size]
+    backend = ModelBackend(model, meta, info.device, amp_dtype)
+    results: list[dict[str, Any]] = []
+    evaluated: list[int] = []
+    was_training = model.training
+    model.eval()
+    try:
+        items = [(im.id, im.path) for im in mine]
+        with tqdm(
+            total=len(items), desc="eval", unit="img", disable=not (progress and info.is_main), leave=False
+        ) as bar:
+            for group in batches_by_shape(prepared_images(items, meta, flip, workers), batch):
+                res = run_batch(backend, group)
+                for key, det in zip(res.keys, res.detections, strict=True):
+                    results += to_coco_results(key, det.boxes, det.scores, det.labels, coco.category_ids)
+                    evaluated.append(key)
+                bar.update(len(group))
+    finally:
+        model.train(was_training)
+    gathered = info.all_gather_object((evaluated, results))
+    if not info.is_main:
+        return None
+    all_ids = sorted(i for ids, _ in gathered for i in ids)
+    all_results = [r for _, res in gathered for r in res]
+    return evaluate(coco, all_results, image_ids=all_ids)
