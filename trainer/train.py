@@ -57,6 +57,9 @@ _OVERRIDES = {
 }
 
 
+DEFAULT_COCO = "data/coco"  # COCO root used when no data flag is given
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m trainer.train",
@@ -73,7 +76,8 @@ def make_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--coco",
         metavar="DIR",
-        help="COCO layout: train on DIR/train2017, evaluate on DIR/val2017 (annotations/instances_*.json)",
+        help="COCO layout: train on DIR/train2017, evaluate on DIR/val2017 (annotations/instances_*.json); "
+        f"default {DEFAULT_COCO} when it exists and no other data is given",
     )
     data.add_argument("--ann", metavar="FILE", help="training annotation file (with --images)")
     data.add_argument("--images", metavar="DIR", help="training image folder")
@@ -159,8 +163,11 @@ def make_parser() -> argparse.ArgumentParser:
 def _data_paths(args: argparse.Namespace) -> dict[str, str]:
     """Train/val paths given on the command line (validated), as TrainConfig fields."""
     paths: dict[str, str] = {}
-    if args.coco:
-        root = Path(args.coco)
+    coco = args.coco
+    if coco is None and args.ann is None and not args.resume and Path(DEFAULT_COCO).is_dir():
+        coco = DEFAULT_COCO  # the README's `python -m trainer.train --gpus 8`
+    if coco:
+        root = Path(coco)
         paths["train_ann"] = str(root / "annotations" / "instances_train2017.json")
         paths["train_images"] = str(root / "train2017")
         val_ann, val_images = root / "annotations" / "instances_val2017.json", root / "val2017"
@@ -179,7 +186,9 @@ def _data_paths(args: argparse.Namespace) -> dict[str, str]:
 
 def _check_paths(cfg: TrainConfig) -> None:
     if not cfg.train_ann or not cfg.train_images:
-        raise UserError("no training set: pass --coco DIR (COCO layout) or --ann FILE --images DIR")
+        raise UserError(
+            f"no training set: put COCO in {DEFAULT_COCO} (annotations/ + train2017/), or pass --coco DIR or --ann FILE --images DIR"
+        )
     for name, path, is_dir in (
         ("training annotations", cfg.train_ann, False),
         ("training images", cfg.train_images, True),
