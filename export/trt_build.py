@@ -3,7 +3,7 @@
 Steps (:func:`build`): export the ONNX (:func:`export.onnx_export.export_onnx`, CornerPool as plugin nodes) unless
 given one; register the CornerPool plugin (:func:`trt_plugins.load`); parse with ``trt.OnnxParser``; build with
 one optimisation profile over ``[N, 3, H, W]``; write the plan, the timing cache and the sidecar
-(:class:`runtime.backends.tensorrt.Sidecar`); load the engine once and run it (smoke check).
+(:class:`runtime.engine_sidecar.Sidecar`); load the engine once and run it (smoke check).
 
 Everything that differs between TensorRT 10.x and 11.x sits in the small ``_``-functions below, each saying
 which version does what (``../shared/reference/tensorrt_onnx.md`` §1.5, §4). Enum members are used by
@@ -32,24 +32,19 @@ from runtime.backends.onnxruntime import (
     SOURCE_SHA256_KEY,
     read_onnx_metadata,
 )
-from runtime.backends.tensorrt import (
+from runtime.cuda_env import gpu_info, import_cudart, import_tensorrt, select_cuda_device, trt_logger
+from runtime.engine_sidecar import (
     GpuInfo,
     PluginInfo,
     ShapeProfile,
     Sidecar,
     SourceInfo,
     TensorSpec,
-    gpu_info,
-    import_cudart,
-    import_tensorrt,
-    select_cuda_device,
-    sha256_file,
     sidecar_path,
-    trt_logger,
     write_bytes_atomic,
 )
 from runtime.errors import UserError
-from runtime.meta import ModelMeta
+from runtime.meta import ModelMeta, sha256_file
 
 # Default shape profile (H x W of the padded input). mmdet pads each side to the next 128 m - 1
 # (``h | 127``); every COCO val2017 image is at most 640 px a side, so padded sides are at most 767.

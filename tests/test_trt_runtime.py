@@ -22,7 +22,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-import runtime.backends.tensorrt as rt
+import runtime.cuda_env as cuda_env
+import runtime.engine_sidecar as engine_sidecar
 import trt_plugins
 from export import to_trt
 from export.trt_build import (
@@ -36,30 +37,34 @@ from export.trt_build import (
 from runtime import bench
 from runtime.backends import open_backend
 from runtime.backends.onnxruntime import META_KEY, PRECISION_KEY, SOURCE_CHECKPOINT_KEY, SOURCE_SHA256_KEY
-from runtime.backends.tensorrt import (
+from runtime.backends.tensorrt import TensorRTBackend
+from runtime.cuda_env import parse_cuda_device
+from runtime.engine_sidecar import (
     GpuInfo,
     PluginInfo,
     ShapeProfile,
     Sidecar,
     SourceInfo,
-    TensorRTBackend,
     TensorSpec,
     check_engine_file,
     check_gpu,
     check_plugin,
     check_shape_in_profile,
     check_tensorrt_version,
-    parse_cuda_device,
     sidecar_path,
 )
 from runtime.errors import UserError
-from runtime.meta import ModelMeta, TestConfig
+from runtime.meta import ModelMeta, TestConfig, sha256_file
 
 from . import trt_fakes
 from .trt_fakes import FakeCudart, make_fake_trt
 
 ROOT = Path(__file__).resolve().parents[1]
-TRT_FILES = (ROOT / "export" / "trt_build.py", ROOT / "runtime" / "backends" / "tensorrt.py")
+TRT_FILES = (
+    ROOT / "export" / "trt_build.py",
+    ROOT / "runtime" / "backends" / "tensorrt.py",
+    ROOT / "runtime" / "cuda_env.py",
+)
 PROFILE = ShapeProfile("images", (1, 3, 127, 127), (4, 3, 511, 767), (4, 3, 767, 767))
 
 
@@ -92,7 +97,9 @@ def test_sidecar_round_trip(tmp_path: Path) -> None:
     sc.write(path)
     assert Sidecar.read(path) == sc
     d = json.loads(path.read_text())
-    assert d["format"] == rt.SIDECAR_FORMAT and d["format_version"] == rt.SIDECAR_VERSION
+    assert (
+        d["format"] == engine_sidecar.SIDECAR_FORMAT and d["format_version"] == engine_sidecar.SIDECAR_VERSION
+    )
     assert set(d) == {
         "format",
         "format_version",
@@ -425,7 +432,7 @@ def _tiny_onnx(path: Path, ckpt: Path, fp16: bool = False) -> Path:
     for k, v in {
         META_KEY: meta.to_json(),
         SOURCE_CHECKPOINT_KEY: str(ckpt),
-        SOURCE_SHA256_KEY: rt.sha256_file(ckpt),
+        SOURCE_SHA256_KEY: sha256_file(ckpt),
         PRECISION_KEY: "fp16" if fp16 else "fp32",
     }.items():
         model.metadata_props.add(key=k, value=v)
@@ -446,7 +453,7 @@ class FakeEnv:
         self.trt = make_fake_trt(version, self.cudart)
         trt_fakes.install(monkeypatch, self.trt, self.cudart)
         monkeypatch.setattr(trt_plugins, "load", trt_fakes.fake_plugin_loader(self.trt, self.plugin))
-        monkeypatch.setattr(rt, "_LOGGER", None)
+        monkeypatch.setattr(cuda_env, "_LOGGER", None)
 
     def build(
         self, options: BuildOptions | None = None, model: Path | None = None, out: str = "m.plan"
@@ -485,7 +492,7 @@ def test_build_then_run_on_fakes(fake: FakeEnv) -> None:
     assert sidecar.build["plugin_override_flag"] == ("ENABLE_PLUGIN_OVERRIDE" in parser_flags)
     assert sidecar.tensorrt_version == fake.trt.__version__
     assert sidecar.gpu == GpuInfo("NVIDIA Fake H200", "9.0")
-    assert sidecar.plugin == PluginInfo(str(fake.plugin), rt.sha256_file(fake.plugin), 1)
+    assert sidecar.plugin == PluginInfo(str(fake.plugin), sha256_file(fake.plugin), 1)
     assert sidecar.source.checkpoint == str(fake.tmp / "tiny.pth") and sidecar.source.onnx == str(
         fake.onnx.resolve()
     )
@@ -794,7 +801,7 @@ def test_checkpoint_to_engine_on_fakes_with_the_real_export(
         }
     ]
     assert sc.source == SourceInfo(
-        str(ckpt.resolve()), rt.sha256_file(ckpt), str(fake.tmp / "hg.onnx"), rt.sha256_file(golden_onnx)
+        str(ckpt.resolve()), sha256_file(ckpt), str(fake.tmp / "hg.onnx"), sha256_file(golden_onnx)
     )
     assert sc.inputs == (TensorSpec("images", "float32", (-1, 3, -1, -1)),)
     assert [o.name for o in sc.outputs] == [
@@ -819,7 +826,7 @@ def test_checkpoint_to_engine_on_fakes_with_the_real_export(
 
 @pytest.fixture(scope="module")
 def real_trt() -> None:
-    reason = rt.tensorrt_unavailable_reason()
+    reason = cuda_env.tensorrt_unavailable_reason()
     if reason:
         pytest.skip(reason)
 
