@@ -27,7 +27,7 @@ setup(
         "tensorboard>=2.21,<2.22",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3.8", "ruff>=0.17", "hypothesis>=6.100"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.8", "ruff>=0.17", "hypothesis>=6.100", "mypy>=1.10"],
         # GPU deployment. TensorRT's PyPI packages download NVIDIA's libraries from NVIDIA's own index.
         "gpu": ["tensorrt>=10.0,<12", "cuda-python>=12.6", "nvidia-cuda-nvcc", "nvidia-cuda-runtime", "nvidia-cuda-cccl"],
         # Only the CUDA compiler, to build the plugin's kernels on a machine without a GPU.
