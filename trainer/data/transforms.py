@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from runtime.meta import MMDET_MEAN_RGB, MMDET_STD_RGB
+from runtime.preprocess import normalize as normalize_rgb
 
 # (image (H, W, 3) float32, boxes (N, 4) float32, labels (N,) int64)
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -305,16 +306,8 @@ def normalize(
     mean: Sequence[float] = MMDET_MEAN_RGB,
     std: Sequence[float] = MMDET_STD_RGB,
 ) -> Sample:
-    """``(x - mean) / std`` in float32, per RGB channel (bit-exact with mmdet 3.x's DetDataPreprocessor)."""
-    h, w, c = image.shape
-    # Same float32 ops as (x - mean) / std, on (H, W*C) rows with tiled mean/std: numpy broadcasts
-    # a length-3 last axis ~7x slower than one long row.
-    rows = np.ascontiguousarray(image, dtype=np.float32).reshape(h, w * c)
-    m = np.tile(np.asarray(mean, dtype=np.float32), w)
-    s = np.tile(np.asarray(std, dtype=np.float32), w)
-    out = rows - m
-    out /= s
-    return out.reshape(h, w, c), boxes, labels
+    """``(x - mean) / std`` in float32, per RGB channel: the test-time normalisation, shared."""
+    return normalize_rgb(image, mean, std), boxes, labels
 
 
 # --------------------------------------------------------------------------- composition
