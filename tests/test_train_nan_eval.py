@@ -13,12 +13,12 @@ import torch
 
 import trainer.loop
 from runtime import eval as runtime_eval
-from runtime.backends.pytorch import PyTorchBackend
+from runtime.backends.pytorch import ModelBackend, PyTorchBackend
 from runtime.coco import load_coco_set
 from trainer import train
 from trainer.checkpoint import build_model, load_checkpoint
 from trainer.data import synthetic
-from trainer.evaluation import ModelBackend, evaluate_model
+from trainer.evaluation import evaluate_model
 
 ARGS = ["--preset", "tiny", "--gpus", "0", "--batch", "2", "--crop", "127", "--workers", "0", "--no-progress",
         "--log-interval", "1"]  # fmt: skip

@@ -1,6 +1,6 @@
 """COCO evaluation of the model being trained, through the runtime's own pipeline.
 
-:class:`ModelBackend` is a :class:`runtime.backends.base.Backend` over an in-memory ``CornerNet``
+:class:`runtime.backends.pytorch.ModelBackend` runs the in-memory ``CornerNet``
 (the same ``DeployModel`` graph the PyTorch backend and the exported ONNX run), so the numbers in
 the training log are exactly what ``python -m runtime.eval epoch_N.pth`` reports for the saved
 checkpoint: same pre-processing, batching by padded shape, decoding, soft-NMS and COCO scorer.
@@ -12,60 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from runtime.backends.base import Backend
+from runtime.backends.pytorch import ModelBackend
 from runtime.coco import CocoSet, check_classes, evaluate, to_coco_results
 from runtime.meta import ModelMeta
 from runtime.pipeline import batches_by_shape, prepared_images, run_batch
 from trainer.distributed import DistInfo
 from trainer.model import CornerNet
-from trainer.model.proposals import DeployModel
-
-
-class ModelBackend(Backend):
-    """Runs an in-memory ``CornerNet`` as the runtime's PyTorch backend does (proposals graph).
-
-    Args:
-        model: the network; it is put in eval mode by :func:`evaluate_model`, not here.
-        meta: classes, normalisation and test settings.
-        device: where ``model`` lives.
-        amp_dtype: autocast dtype (``torch.bfloat16``/``float16``) or ``None`` for fp32.
-    """
-
-    name = "pytorch"
-
-    def __init__(
-        self, model: CornerNet, meta: ModelMeta, device: torch.device, amp_dtype: torch.dtype | None = None
-    ) -> None:
-        tc = meta.test_cfg
-        self.meta = meta
-        self.device = device
-        self.amp_dtype = amp_dtype
-        self.graph = DeployModel(model, "proposals", tc.corner_topk, tc.local_maximum_kernel)
-        self.output_names = self.graph.output_names
-        self.info: dict[str, Any] = {
-            "checkpoint": None,
-            "device": str(device),
-            "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype],
-            "torch": torch.__version__,
-        }
-
-    def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
-        with (
-            torch.inference_mode(),
-            torch.autocast(
-                self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
-            ),
-        ):
-            outs = self.graph(x)
-        return {
-            name: (t.float() if t.is_floating_point() else t).cpu().numpy()
-            for name, t in zip(self.output_names, outs, strict=True)
-        }
 
 
 def evaluate_model(
