@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterator
 from importlib import metadata as importlib_metadata
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 from onnx import ModelProto
 
+from runtime.atomic_write import atomic_write
 from runtime.backends.onnxruntime import (
     EXPORT_KEY,
     META_KEY,
@@ -245,21 +245,8 @@ def check_exported(model: ModelProto) -> None:
 
 
 def save_atomic(model: ModelProto, out: str | os.PathLike) -> None:
-    """Write ``out`` through a temporary file in the same folder, so a failure leaves no partial file."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        # mkstemp creates the file 0600; give it the permissions a plain open() would (umask applies).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``out`` atomically (``runtime.atomic_write``); a disk error is a one-line ``UserError``."""
+    atomic_write(out, lambda f: f.write(model.SerializeToString()), "choose another --out")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -367,8 +354,5 @@ def export_onnx(
     path = Path(out) if out is not None else default_output_path(ckpt_path, fp16)
     if path.is_dir():
         raise UserError(f"--out {path} is a directory; --out names the .onnx file to write")
-    try:
-        save_atomic(model, path)
-    except OSError as e:
-        raise UserError(f"{path}: cannot write ({e.strerror}); choose another --out") from None
+    save_atomic(model, path)
     return path

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.atomic_write import write_bytes_atomic
 from runtime.backends.onnxruntime import (
     EXPORT_KEY,
     META_KEY,
@@ -41,7 +42,6 @@ from runtime.engine_sidecar import (
     SourceInfo,
     TensorSpec,
     sidecar_path,
-    write_bytes_atomic,
 )
 from runtime.errors import UserError
 from runtime.meta import ModelMeta, sha256_file
@@ -301,10 +301,7 @@ def _fp16_onnx(src: Path, out: Path, log: Log) -> Path:
 
     log(f"fp16     {src} -> {out}")
     model = convert_to_fp16(onnx.load(str(src)))  # also sets the precision metadata to fp16
-    try:
-        save_atomic(model, out)
-    except OSError as e:
-        raise UserError(f"{out}: cannot write ({e.strerror}); choose another --out") from None
+    save_atomic(model, out)
     return out
 
 
@@ -442,7 +439,7 @@ def build(
     if plan is None:
         raise UserError("TensorRT could not build the engine (see its log above; rerun with --verbose)")
     data = memoryview(plan).cast("B")
-    write_bytes_atomic(engine, data)
+    write_bytes_atomic(engine, data, "choose another --out")
     if cache_path is not None:
         write_bytes_atomic(cache_path, memoryview(config.get_timing_cache().serialize()).cast("B"))
 

@@ -10,11 +10,11 @@ their sha256. Everything here is plain Python (tested on CPU); each check raises
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.atomic_write import write_text_atomic
 from runtime.errors import UserError
 from runtime.meta import ModelMeta
 
@@ -180,7 +180,7 @@ class Sidecar:
         return sidecar
 
     def write(self, path: str | Path) -> None:
-        write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=1) + "\n")
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n", "choose another --out")
 
     @classmethod
     def read(cls, path: str | Path) -> Sidecar:
@@ -236,22 +236,6 @@ def _opt_str(v: Any) -> str | None:
 
 def fmt_shape(shape: tuple[int, ...] | list[int]) -> str:
     return "x".join(str(int(s)) for s in shape)
-
-
-def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file under ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"{path}: cannot write ({e.strerror}); choose another --out") from None
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode())
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ mmdet checkpoints are ``{'meta': ..., 'state_dict': ...}``: class names from ``m
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from runtime.atomic_write import atomic_write
 from runtime.errors import UserError
 from runtime.meta import COCO_CLASSES, ModelMeta, TestConfig, sha256_file  # noqa: F401 - re-exported
 
@@ -238,28 +238,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temp file in the same folder, fsync, then rename: a crash or a full disk
-    never leaves a half-written file under ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes the file owner-only; a checkpoint is an ordinary file
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(
-            f"{path}: could not write the checkpoint ({e.strerror or e}); free disk space or choose another --out-dir"
-        ) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through ``runtime.atomic_write``: a crash or a full disk never leaves a
+    half-written checkpoint under ``path``, and the previous one stays intact."""
+    atomic_write(path, lambda f: torch.save(obj, f), "free disk space or choose another --out-dir")
 
 
 def checkpoint_dict(

@@ -49,6 +49,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
+from runtime.atomic_write import write_text_atomic
 from runtime.coco import CocoSet, load_coco_set
 from runtime.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, UserError
 from runtime.meta import ModelMeta
@@ -276,8 +277,10 @@ class Trainer:
             )
         if self.info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            for stale in self.out_dir.glob(".*.pth.*.tmp"):  # left by a run killed while saving
-                stale.unlink(missing_ok=True)
+            # Temp files of runtime.atomic_write (".NAME.XXXX.tmp") left by a run killed while saving.
+            for pattern in (".*.pth.*.tmp", f".{LAST_CHECKPOINT}.*.tmp", ".log.jsonl.*.tmp", ".*.png.*.tmp"):
+                for stale in self.out_dir.glob(pattern):
+                    stale.unlink(missing_ok=True)
             self.observer = Observer(
                 self.out_dir,
                 self.total_iters,
@@ -558,12 +561,10 @@ class Trainer:
             world_size=self.info.world_size,
             torch_version=str(torch.__version__),
         )
-        marker = (
-            self.out_dir / LAST_CHECKPOINT
-        )  # written after the checkpoint is complete, renamed into place
-        tmp = marker.with_name(f".{LAST_CHECKPOINT}.tmp")
-        tmp.write_text(name + "\n")
-        tmp.replace(marker)
+        # The marker is written only once the checkpoint is complete.
+        write_text_atomic(
+            self.out_dir / LAST_CHECKPOINT, name + "\n", "free disk space or choose another --out-dir"
+        )
         self.last_checkpoint = path
         self.observer.event(
             "checkpoint", epoch=self.epoch + (self.step_in_epoch > 0), iter=self.iteration, path=str(path)

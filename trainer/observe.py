@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,8 @@ from typing import Any
 import cv2
 import numpy as np
 from tqdm import tqdm
+
+from runtime.atomic_write import write_bytes_atomic, write_text_atomic
 
 LOG_NAME = "log.jsonl"
 LOSS_KEYS = ("loss", "det_loss", "pull_loss", "push_loss", "off_loss")
@@ -181,9 +182,7 @@ def truncate_log(path: Path, start_iter: int) -> None:
     if not path.exists():
         return
     kept = [r for r in read_log(path) if start_iter and r.get("iter", 0) <= start_iter]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 # --------------------------------------------------------------------------- curves (OpenCV, no matplotlib)
@@ -266,9 +265,7 @@ def line_plot(
 def _write_png(path: Path, img: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", img)
     if ok:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(buf.tobytes())
-        os.replace(tmp, path)
+        write_bytes_atomic(path, buf.tobytes())
 
 
 def write_curves(log_path: str | Path, out_dir: str | Path) -> None:
