@@ -19,7 +19,7 @@ from runtime.errors import UserError
 from runtime.image_io import read_image
 from runtime.meta import ModelMeta
 from runtime.postprocess import postprocess
-from runtime.preprocess import ImageMeta, feature_shape, preprocess
+from runtime.preprocess import ImageMeta, batch_inputs, feature_shape, preprocess
 
 
 @dataclass
@@ -104,7 +104,7 @@ class BatchResult:
 
 def run_batch(backend: Backend, batch: list[Prepared], timings: Timings | None = None) -> BatchResult:
     """Inference + decoding for images that share one padded shape."""
-    inputs = np.stack([x for p in batch for x in p.inputs])
+    inputs = batch_inputs([x for p in batch for x in p.inputs])
     t0 = time.perf_counter()
     outputs = backend.infer(inputs)
     t1 = time.perf_counter()
@@ -163,8 +163,3 @@ def prepared_images(
                     raise
                 on_skip(items[i][1], str(e))
             futures[i] = None  # type: ignore[call-overload] - free the finished image
-
-
-def detect_image(backend: Backend, path: str | Path, flip: bool = False) -> Detections:
-    """Detections for one image file, in original image pixels."""
-    return run_batch(backend, [prepare(0, Path(path), backend.meta, flip)]).detections[0]
