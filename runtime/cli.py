@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from runtime.atomic_write import write_text_atomic
 from runtime.errors import EXIT_BAD_INPUT, UserError
 from runtime.image_io import quiet_decoder_logs
 
@@ -44,9 +45,5 @@ def run_cli(
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write a JSON file (creating its folder); an unwritable path is a one-line ``UserError``."""
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(obj, indent=1))
-    except OSError as e:
-        raise UserError(f"{path}: cannot write ({e.strerror}); choose another path") from None
+    """Write a JSON file atomically (creating its folder); an unwritable path is a one-line ``UserError``."""
+    write_text_atomic(path, json.dumps(obj, indent=1))
