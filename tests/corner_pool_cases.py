@@ -1,4 +1,4 @@
-"""Inputs and comparisons shared by the CornerPool GPU and TensorRT tests."""
+"""Inputs and comparisons shared by the CornerPool kernel tests (GPU, emulated on CPU) and TensorRT tests."""
 
 from __future__ import annotations
 
@@ -16,16 +16,18 @@ NANS = {
 }
 
 
-def make_input(shape: tuple[int, ...], dtype: torch.dtype, seed: int, specials: bool) -> torch.Tensor:
+def make_input(
+    shape: tuple[int, ...], dtype: torch.dtype, seed: int, specials: bool, device: str = "cuda"
+) -> torch.Tensor:
     """Random values with many ties (small integers, +-0) and, with ``specials``, NaNs and +-inf."""
-    generator = torch.Generator(device="cuda").manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
 
     def uniform() -> torch.Tensor:
-        return torch.rand(shape, generator=generator, device="cuda")
+        return torch.rand(shape, generator=generator, device=device)
 
-    x = torch.randint(-4, 5, shape, generator=generator, device="cuda").to(dtype)
+    x = torch.randint(-4, 5, shape, generator=generator, device=device).to(dtype)
     x[uniform() < 0.3] *= -1  # turns some +0 into -0
-    noise = torch.randn(shape, generator=generator, device="cuda").to(dtype)
+    noise = torch.randn(shape, generator=generator, device=device).to(dtype)
     x = torch.where(uniform() < 0.5, noise, x)
     if specials:
         bits = x.view(INT_VIEW[dtype])

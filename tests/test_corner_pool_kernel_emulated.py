@@ -65,12 +65,18 @@ def emulator_source(kernel_source: str) -> str:
     return '#include "simt.h"\n' + source
 
 
-def build_driver(kernel_source: str, directory: Path) -> Path:
-    """Compile ``kernel_source`` with the emulator and tests/simt/corner_pool_driver.cpp into an executable."""
+def build_driver(
+    kernel_source: str,
+    directory: Path,
+    driver: str = "corner_pool_driver",
+    tensorrt_include: Path | None = None,
+) -> Path:
+    """Compile ``kernel_source`` with the emulator and ``tests/simt/DRIVER.cpp`` (plus the plugin, given
+    TensorRT's headers) into an executable."""
     assert CXX is not None
     unit = directory / "corner_pool_kernel_emulated.cpp"
     unit.write_text(emulator_source(kernel_source))
-    driver = directory / "corner_pool_driver"
+    executable = directory / driver
     command = [
         CXX,
         "-std=c++17",
@@ -82,20 +88,15 @@ def build_driver(kernel_source: str, directory: Path) -> Path:
         "-Werror",
         "-Wno-unknown-pragmas",
     ]
-    command += [
-        "-I",
-        str(SIMT),
-        "-I",
-        str(KERNEL_SOURCE.parent),
-        str(unit),
-        str(SIMT / "corner_pool_driver.cpp"),
-    ]
-    built = subprocess.run([*command, *SANITIZERS, "-o", str(driver)], capture_output=True, text=True)
+    command += ["-I", str(SIMT), "-I", str(KERNEL_SOURCE.parent), str(unit), str(SIMT / f"{driver}.cpp")]
+    if tensorrt_include is not None:
+        command += ["-isystem", str(tensorrt_include), str(KERNEL_SOURCE.parent / "cornerPoolPlugin.cpp")]
+    built = subprocess.run([*command, *SANITIZERS, "-o", str(executable)], capture_output=True, text=True)
     if built.returncode != 0 and "sanitize" in built.stderr:
         # A compiler without the sanitizer runtimes still checks every value.
-        built = subprocess.run([*command, "-o", str(driver)], capture_output=True, text=True)
+        built = subprocess.run([*command, "-o", str(executable)], capture_output=True, text=True)
     assert built.returncode == 0, f"emulator build failed:\n{built.stderr[-4000:]}"
-    return driver
+    return executable
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +105,10 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_cases(
-    driver: Path, directory: Path, cases: list[tuple[torch.Tensor, int, int, int]]
+    driver: Path, directory: Path, cases: list[tuple[torch.Tensor, int, int, int]], header: str | None = None
 ) -> list[torch.Tensor | str]:
     """Run (input, mode, device, misalignment in elements) cases in one driver process; each result is the
-    output tensor or the driver's error line."""
+    output tensor or the driver's error line. ``header``: the line the driver prints before the cases."""
     lines = []
     for index, (x, mode, device, offset) in enumerate(cases):
         source, target = directory / f"{index}.in", directory / f"{index}.out"
@@ -122,8 +123,13 @@ def run_cases(
         env={**os.environ, **SANITIZER_ENV},
         timeout=600,
     )
-    assert finished.returncode == 0, f"the emulated kernel crashed:\n{finished.stderr[-6000:]}"
+    assert finished.returncode == 0, (
+        f"the emulated run failed:\n{finished.stdout[-2000:]}\n{finished.stderr[-6000:]}"
+    )
     replies = finished.stdout.splitlines()
+    if header is not None:
+        assert replies and replies[0] == header, finished.stdout[-2000:]
+        replies = replies[1:]
     assert len(replies) == len(cases), finished.stdout[-2000:]
     results: list[torch.Tensor | str] = []
     for index, ((x, _, _, _), reply) in enumerate(zip(cases, replies, strict=True)):
@@ -186,6 +192,35 @@ def test_tie_order_is_checked(tmp_path: Path) -> None:
         expected = reference(case[0], "right")
         differing += int((result.view(torch.int32) != expected.view(torch.int32)).any())
     assert differing > 0
+
+
+@pytest.mark.parametrize("env_var", ["TENSORRT_HEADERS_10", "TENSORRT_HEADERS_11", "TENSORRT_INCLUDE_DIR"])
+def test_plugin_through_tensorrt_interfaces(env_var: str, tmp_path: Path) -> None:
+    """The IPluginV3 driven as TensorRT drives it (tests/simt/corner_pool_plugin_driver.cpp): creator and
+    capabilities, output types and shapes, formats, field errors through the logger, the serialisation round
+    trip, then runtime-phase plugins whose enqueue() runs the emulated kernels, against torch.cummax."""
+    location = os.environ.get(env_var)
+    if not location:
+        pytest.skip(f"${env_var} is not set (point it at TensorRT's include/ directory; no TensorRT here)")
+    from trt_plugins import build
+
+    include_dir = build.resolve_tensorrt_include(location)
+    assert include_dir is not None, f"${env_var}={location} holds no TensorRT headers"
+    driver = build_driver(KERNEL_SOURCE.read_text(), tmp_path, "corner_pool_plugin_driver", include_dir)
+    cases = []
+    for dtype in DTYPE_CODES:
+        for mode in MODES.values():
+            for index, shape in enumerate([(1, 1, 1, 1), (2, 3, 37, 45), (1, 2, 100, 12)]):
+                x = make_input(shape, dtype, index, True, device="cpu")
+                cases += [(x, mode, 0, 0), (x, mode, 1, 1)]
+    for case, result in zip(cases, run_cases(driver, tmp_path, cases, header="checks ok"), strict=True):
+        assert not isinstance(result, str), f"{describe(case)}: {result}"
+        mode_name = next(name for name, value in MODES.items() if value == case[1])
+        assert_bitwise_equal(
+            result,
+            reference(case[0], mode_name),
+            f"TensorRT {build.tensorrt_version(include_dir)} " + describe(case),
+        )
 
 
 def test_emulator_reports_a_divergent_barrier(tmp_path: Path) -> None:

@@ -83,6 +83,8 @@ enum cudaDeviceAttr
 
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
+struct CUevent_st;
+using cudaEvent_t = CUevent_st*;
 
 namespace simt
 {
@@ -134,6 +136,19 @@ inline char const* cudaGetErrorString(cudaError_t error)
     case cudaErrorLaunchFailure: return "unspecified launch failure";
     }
     return "unrecognized error code";
+}
+
+inline char const* cudaGetErrorName(cudaError_t error)
+{
+    switch (error)
+    {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    }
+    return "cudaErrorUnknown";
 }
 
 inline float __uint_as_float(unsigned int bits)
