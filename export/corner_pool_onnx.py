@@ -294,10 +294,19 @@ def inline_decomposition(model: ModelProto) -> None:
             new_nodes.append(node)
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
+    drop_fallback_function(model)
+    _drop_opset(model, DOMAIN)
+
+
+def drop_fallback_function(model: ModelProto) -> None:
+    """Remove the model-local ``CornerPool`` function, leaving the nodes to a plugin.
+
+    TensorRT's ONNX parser needs this: up to at least 10.1 it expands a local function of a node's op name
+    before it looks for a plugin, so with the function present the engine silently uses the slow fallback.
+    """
     kept = [f for f in model.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
     del model.functions[:]
     model.functions.extend(kept)
-    _drop_opset(model, DOMAIN)
 
 
 def _ensure_opset(model: ModelProto, domain: str, version: int) -> None:

@@ -33,7 +33,14 @@ from runtime.backends.onnxruntime import (
     SOURCE_SHA256_KEY,
     read_onnx_metadata,
 )
-from runtime.cuda_env import gpu_info, import_cudart, import_tensorrt, select_cuda_device, trt_logger
+from runtime.cuda_env import (
+    gpu_info,
+    import_cudart,
+    import_tensorrt,
+    numpy_dtype,
+    select_cuda_device,
+    trt_logger,
+)
 from runtime.engine_sidecar import (
     GpuInfo,
     PluginInfo,
@@ -190,18 +197,6 @@ def _create_network(builder: Any, trt: Any, strongly_typed: bool) -> Any:
     return builder.create_network(flags)
 
 
-def _enable_plugin_override(parser: Any, trt: Any) -> bool:
-    """Prefer the registered CornerPool plugin over the model-local fallback function of the same name.
-
-    TRT >= 10.15 (and 11.x): ``OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE``. Older 10.x parsers have no flag but
-    already prefer a registered plugin for nodes carrying ``plugin_namespace`` (our export writes it).
-    """
-    if not hasattr(trt.OnnxParserFlag, "ENABLE_PLUGIN_OVERRIDE"):
-        return False
-    parser.set_flag(trt.OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE)
-    return True
-
-
 def _set_workspace(config: Any, trt: Any, mib: int) -> None:
     """Builder scratch memory limit. 10.x and 11.x: ``set_memory_pool_limit(MemoryPoolType.WORKSPACE, bytes)``
     (``max_workspace_size`` was removed in 10)."""
@@ -215,7 +210,9 @@ def _count_plugin_layers(network: Any, trt: Any) -> int:
 
 def _tensor_spec(tensor: Any, trt: Any) -> TensorSpec:
     return TensorSpec(
-        str(tensor.name), np.dtype(trt.nptype(tensor.dtype)).name, tuple(int(d) for d in tensor.shape)
+        str(tensor.name),
+        numpy_dtype(trt, tensor.dtype, tensor.name).name,
+        tuple(int(d) for d in tensor.shape),
     )
 
 
@@ -224,20 +221,30 @@ def _load_timing_cache(config: Any, path: Path | None, log: Log) -> Any:
     data = b""
     if path is not None and path.is_file():
         data = path.read_bytes()
-    cache = config.create_timing_cache(data)
-    if config.set_timing_cache(cache, False):
+    cache = config.create_timing_cache(data)  # None when `data` is not a timing cache at all
+    if cache is not None and config.set_timing_cache(cache, False):
         if data:
             log(f"timing   cache {path} ({len(data)} bytes)")
         return cache
-    log(f"warning: timing cache {path} does not match this TensorRT/GPU; starting an empty one")
+    log(f"warning: timing cache {path} is unreadable or from another TensorRT/GPU; starting an empty one")
     cache = config.create_timing_cache(b"")
     config.set_timing_cache(cache, False)
     return cache
 
 
-def _parse_onnx(parser: Any, onnx_path: Path) -> None:
-    if parser.parse_from_file(str(onnx_path)):
-        return
+def _parse_onnx(parser: Any, onnx_path: Path) -> int:
+    """Parse ``onnx_path`` without its CornerPool fallback function, so that every CornerPool node becomes a
+    plugin layer on every TensorRT version; returns the number of CornerPool nodes."""
+    import onnx
+
+    from export.corner_pool_onnx import corner_pool_nodes, drop_fallback_function
+
+    # External data (if any) stays on disk; the parser resolves it relative to `path`.
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    nodes = len(corner_pool_nodes(model))
+    drop_fallback_function(model)
+    if parser.parse(model.SerializeToString(), str(onnx_path)):
+        return nodes
     errors = [_parser_error_text(parser.get_error(i)) for i in range(parser.num_errors)]
     hint = ""
     if any("Plugin not found" in e or "CornerPool" in e for e in errors):
@@ -395,9 +402,8 @@ def build(
         raise UserError("TensorRT could not create a builder (CUDA initialisation failed; see its log above)")
     network = _create_network(builder, trt, strongly_typed=fp16_onnx)
     parser = trt.OnnxParser(network, logger)
-    plugin_override = _enable_plugin_override(parser, trt)
     log(f"parse    {onnx_path}")
-    _parse_onnx(parser, onnx_path)
+    pool_nodes = _parse_onnx(parser, onnx_path)
     if network.num_inputs != 1:
         raise UserError(
             f"{onnx_path}: has {network.num_inputs} inputs; expected one image input [N, 3, H, W]"
@@ -408,9 +414,15 @@ def build(
     profile = options.profile(inputs[0].name, channels)
     _check_static_dims(inputs[0], profile)
     plugin_layers = _count_plugin_layers(network, trt)
-    if plugin_layers == 0:
+    if plugin_layers != pool_nodes:
+        raise UserError(
+            f"{onnx_path}: TensorRT made {plugin_layers} plugin layers of {pool_nodes} CornerPool nodes; "
+            "rebuild the plugin (python -m trt_plugins.build) and report this with --verbose output"
+        )
+    if pool_nodes == 0:
         log(
-            f"warning: {onnx_path} built without CornerPool plugin layers (fallback ops are slower); was it exported with corner_pool='plugin'?"
+            f"warning: {onnx_path} has no CornerPool nodes (exported with --corner-pool decomposed?): "
+            "standard ops instead of the plugin are slower"
         )
 
     config = builder.create_builder_config()
@@ -462,7 +474,6 @@ def build(
             "options": _options_dict(options),
             "fp16_method": None if precision == "fp32" else ("fp16_onnx" if fp16_onnx else "builder_flag"),
             "strongly_typed": fp16_onnx or _trt_major(trt) >= 11,
-            "plugin_override_flag": plugin_override,
             "timing_cache": None if cache_path is None else str(cache_path),
             "export": json.loads(props[EXPORT_KEY]) if EXPORT_KEY in props else None,
         },

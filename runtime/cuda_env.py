@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from runtime.engine_sidecar import GpuInfo
 from runtime.errors import UserError
 from runtime.meta import sha256_file
@@ -44,6 +46,17 @@ def import_cudart() -> Any:
             f"cuda-python is not available (`from cuda.bindings import runtime` failed: {_first_line(e)}); pip install cuda-python"
         ) from None
     return cudart
+
+
+def numpy_dtype(trt: Any, dtype: Any, tensor: str, where: object = "the network") -> np.dtype:
+    """The numpy dtype of a TensorRT tensor type, or a ``UserError``: ``trt.nptype`` knows no bf16/fp8/int4."""
+    try:
+        return np.dtype(trt.nptype(dtype))
+    except TypeError:
+        raise UserError(
+            f"{where}: tensor '{tensor}' has type {dtype}, which has no numpy equivalent; "
+            "export the model with float32 or float16 inputs and outputs"
+        ) from None
 
 
 def cuda_check(cudart: Any, result: tuple[Any, ...], what: str) -> Any:

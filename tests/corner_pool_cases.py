@@ -7,6 +7,18 @@ import torch
 from trainer.model.corner_pool import corner_pool as reference_corner_pool
 from trt_plugins.fields import MODES
 
+#: Small maps that reach every kernel path: 1x1, odd sizes, widths that are not multiples of 32 or of the vector
+#: width. The GPU and emulated kernel tests add their own larger shapes.
+SMALL_SHAPES = [
+    (1, 1, 1, 1),
+    (1, 1, 1, 37),
+    (1, 1, 37, 1),
+    (2, 3, 5, 7),
+    (3, 1, 17, 8),  # W = 8: small lane groups, 16-byte packs of fp16
+    (1, 2, 100, 12),  # fp16 W % 8 != 0 -> 4-byte packs
+    (1, 4, 31, 33),
+]
+
 INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 # Bit patterns (as signed integers) of NaNs with different payloads and signs.
 NANS = {

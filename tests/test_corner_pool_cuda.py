@@ -13,7 +13,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from tests.corner_pool_cases import assert_bitwise_equal, make_input, reference
+from tests.corner_pool_cases import SMALL_SHAPES, assert_bitwise_equal, make_input, reference
 from trt_plugins.fields import MODES
 
 pytestmark = [
@@ -24,13 +24,7 @@ pytestmark = [
 ]
 
 SHAPES = [
-    (1, 1, 1, 1),
-    (1, 1, 1, 37),
-    (1, 1, 37, 1),
-    (2, 3, 5, 7),
-    (3, 1, 17, 8),  # W = 8: small lane groups, 16-byte packs of fp16
-    (1, 2, 100, 12),  # fp16 W % 8 != 0 -> 4-byte packs
-    (1, 4, 31, 33),
+    *SMALL_SHAPES,
     (2, 2, 32, 32),
     (1, 3, 64, 65),
     (1, 1, 4096, 4),  # one column pack: H is split over the block

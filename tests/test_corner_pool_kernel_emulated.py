@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.corner_pool_cases import INT_VIEW, assert_bitwise_equal, make_input, reference
+from tests.corner_pool_cases import INT_VIEW, SMALL_SHAPES, assert_bitwise_equal, make_input, reference
 from trt_plugins.fields import MODES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,13 +37,7 @@ NUMPY_BITS = {torch.int32: np.int32, torch.int16: np.int16}
 # small maps), 1 has one SM (it mostly does not).
 DEVICES = (0, 1)
 SHAPES = [
-    (1, 1, 1, 1),
-    (1, 1, 1, 37),
-    (1, 1, 37, 1),
-    (2, 3, 5, 7),
-    (3, 1, 17, 8),  # W = 8: small lane groups, 16-byte packs of fp16
-    (1, 2, 100, 12),  # fp16 W % 8 != 0 -> 4-byte packs
-    (1, 4, 31, 33),
+    *SMALL_SHAPES,
     (1, 1, 300, 4),  # one column pack: H split over the block, several segments
     (1, 1, 3, 300),  # long rows: several 32-lane tiles, partial last tile
     (1, 16, 24, 256),  # 1024 column packs of fp32: no H split on the one-SM device

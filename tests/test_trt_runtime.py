@@ -26,6 +26,7 @@ import runtime.cuda_env as cuda_env
 import runtime.engine_sidecar as engine_sidecar
 import trt_plugins
 from export import to_trt
+from export.corner_pool_onnx import add_plugin_fallback
 from export.trt_build import (
     DEFAULT_MAX_HW,
     BuildOptions,
@@ -296,7 +297,6 @@ ALLOWED_TRT = {
 GATED = {
     "BuilderFlag.FP16": "FP16",  # 10.x only
     "NetworkDefinitionCreationFlag.STRONGLY_TYPED": "STRONGLY_TYPED",  # 10.x; deprecated and ignored in 11
-    "OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE": "ENABLE_PLUGIN_OVERRIDE",  # 10.15+
 }
 FLAG_METHODS = {
     "set_flag",
@@ -428,6 +428,7 @@ def _tiny_onnx(path: Path, ckpt: Path, fp16: bool = False) -> Path:
         helper.make_graph(nodes, "tiny", [x], [row_mean, size]),
         opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("cornernet", 1)],
     )
+    add_plugin_fallback(model, 17)  # the model-local CornerPool function every plugin export carries
     meta = ModelMeta(classes=("a", "b", "c"))
     for k, v in {
         META_KEY: meta.to_json(),
@@ -487,9 +488,9 @@ def test_build_then_run_on_fakes(fake: FakeEnv) -> None:
     builder = fake.trt.Builder.last
     assert builder.network.flags == 0  # fp32: no creation flags in any version
     assert not builder.config.flags and sidecar.precision == "fp32"  # TF32 cleared: fp32 means fp32
-    parser_flags = {f.name for f in fake.trt.OnnxParserFlag}
-    assert ("ENABLE_PLUGIN_OVERRIDE" in parser_flags) == (fake.trt.__version__ != "10.0.1")
-    assert sidecar.build["plugin_override_flag"] == ("ENABLE_PLUGIN_OVERRIDE" in parser_flags)
+    # The parser got the model without its fallback function; the file keeps it (ONNX Runtime needs it).
+    (parsed,) = fake.trt.Builder.last.parser_models
+    assert not parsed.functions and [f.name for f in onnx.load(fake.onnx).functions] == ["CornerPool"]
     assert sidecar.tensorrt_version == fake.trt.__version__
     assert sidecar.gpu == GpuInfo("NVIDIA Fake H200", "9.0")
     assert sidecar.plugin == PluginInfo(str(fake.plugin), sha256_file(fake.plugin), 1)
@@ -618,8 +619,49 @@ def test_timing_cache_is_reused_and_replaced_when_stale(
     fake.use_version(monkeypatch, "11.4.0.106")
     fake.logs.clear()
     fake.build()
-    assert any("does not match this TensorRT/GPU" in line for line in fake.logs)
+    assert any("is unreadable or from another TensorRT/GPU" in line for line in fake.logs)
     assert cache.read_bytes() != first and b"11.4.0.106" in cache.read_bytes()
+    cache.write_bytes(b"\x00 not a timing cache")  # createTimingCache() gives None for this
+    fake.logs.clear()
+    fake.build()
+    assert any("is unreadable or from another TensorRT/GPU" in line for line in fake.logs)
+    assert cache.read_bytes().startswith(trt_fakes.CACHE_MAGIC)
+
+
+@pytest.mark.parametrize("fake", ["10.0.1", "10.16.1.11", "11.4.0.106"], indirect=True)
+def test_every_corner_pool_node_becomes_a_plugin_layer(
+    fake: FakeEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TensorRT 10.0/10.1 expand a model-local function of the node's op name before looking for a plugin, so
+    the build hides the fallback function from the parser; were it shown, the layer count check would stop
+    the build instead of silently making an engine without the plugin."""
+    _, sidecar = fake.build(BuildOptions(use_timing_cache=False, check=False))
+    assert sidecar.plugin is not None and sidecar.plugin.layers == 1
+    import export.corner_pool_onnx
+
+    monkeypatch.setattr(export.corner_pool_onnx, "drop_fallback_function", lambda model: None)
+    if fake.trt.__version__ == "10.0.1":
+        with pytest.raises(
+            UserError, match=r"made 0 plugin layers of 1 CornerPool nodes; rebuild the plugin"
+        ):
+            fake.build(BuildOptions(use_timing_cache=False, check=False))
+    else:  # plugin_namespace on the node makes the registered plugin win over the function
+        assert fake.build(BuildOptions(use_timing_cache=False, check=False))[1].plugin.layers == 1
+
+
+def test_cuda_init_failure_and_foreign_dtypes_are_one_line(fake: FakeEnv) -> None:
+    engine, _ = fake.build(BuildOptions(use_timing_cache=False, check=False))
+    fake.trt.cuda_init_fails = True  # the bindings raise TypeError for a null Builder/Runtime
+    with pytest.raises(UserError, match=r"TensorRT could not create a builder \(CUDA initialisation failed"):
+        fake.build(BuildOptions(use_timing_cache=False, check=False), out="n.plan")
+    with pytest.raises(
+        UserError, match=r"m\.plan: TensorRT could not create a runtime \(CUDA initialisation"
+    ):
+        open_backend(engine, device="cuda")
+    with pytest.raises(
+        UserError, match=r"m\.plan: tensor 'logits' has type DataType\.BF16, which has no numpy"
+    ):
+        cuda_env.numpy_dtype(fake.trt, fake.trt.DataType.BF16, "logits", engine.name)
 
 
 def test_engine_refuses_other_version_gpu_and_plugin(fake: FakeEnv, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -770,6 +812,7 @@ def test_bench_pth_and_onnx_on_cpu(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("fake", ["10.0.1", "10.16.1.11"], indirect=True)
 def test_checkpoint_to_engine_on_fakes_with_the_real_export(
     fake: FakeEnv, golden_dir: Path, golden_onnx: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -225,7 +225,8 @@ def make_fake_trt(version: str, cudart: FakeCudart) -> types.ModuleType:
         trt.NetworkDefinitionCreationFlag = _int_enum(
             "NetworkDefinitionCreationFlag", {"STRONGLY_TYPED": 0, "PREFER_JIT": 1, "PREFER_AOT": 2}
         )
-        builder_flags = {"DEBUG": 0, "GPU_FALLBACK": 1, "REFIT": 2, "TF32": 6, "VERSION_COMPATIBLE": 12}
+        # 11 dropped FP16/INT8 but kept the other numbers (only NetworkDefinitionCreationFlag was renumbered).
+        builder_flags = {"DEBUG": 2, "GPU_FALLBACK": 3, "REFIT": 4, "TF32": 6, "VERSION_COMPATIBLE": 12}
     else:
         trt.NetworkDefinitionCreationFlag = _int_enum(
             "NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}
@@ -236,8 +237,8 @@ def make_fake_trt(version: str, cudart: FakeCudart) -> types.ModuleType:
             "DEBUG": 2,
             "GPU_FALLBACK": 3,
             "REFIT": 4,
-            "TF32": 7,
-            "VERSION_COMPATIBLE": 13,
+            "TF32": 6,
+            "VERSION_COMPATIBLE": 12,
         }
     trt.BuilderFlag = _int_enum("BuilderFlag", builder_flags)
     parser_flags = {"NATIVE_INSTANCENORM": 0}
@@ -257,6 +258,11 @@ def make_fake_trt(version: str, cudart: FakeCudart) -> types.ModuleType:
     trt.Logger = Logger
     registry = types.SimpleNamespace(plugins=set())
     trt.registry = registry  # test hook: plugin creators "registered"
+    trt.cuda_init_fails = False  # test hook: Builder/Runtime raise as pybind11 does for a null factory result
+
+    def check_cuda_init() -> None:
+        if trt.cuda_init_fails:
+            raise TypeError("pybind11::init(): factory function returned nullptr")
 
     # -- builder side --
     @dataclass
@@ -291,11 +297,23 @@ def make_fake_trt(version: str, cudart: FakeCudart) -> types.ModuleType:
 
     onnx_types = {1: DataType.FLOAT, 10: DataType.HALF, 6: DataType.INT32, 7: DataType.INT64}
 
+    class ParserError:
+        """Like the binding's ParserError: ``str()`` is "In node ... : CODE: desc", ``desc()`` the description."""
+
+        def __init__(self, text: str) -> None:
+            self.text = text
+
+        def __str__(self) -> str:
+            return self.text
+
+        def desc(self) -> str:
+            return self.text.rsplit(": ", 1)[-1]
+
     class OnnxParser:
         def __init__(self, network: Network, logger: Logger) -> None:
             self.network = network
             self.flags: set[Any] = set()
-            self.errors: list[str] = []
+            self.errors: list[ParserError] = []
 
         def set_flag(self, flag: Any) -> None:
             assert flag in trt.OnnxParserFlag
@@ -303,13 +321,19 @@ def make_fake_trt(version: str, cudart: FakeCudart) -> types.ModuleType:
 
         num_errors = property(lambda self: len(self.errors))
 
-        def get_error(self, i: int) -> str:
+        def get_error(self, i: int) -> ParserError:
             return self.errors[i]
 
         def parse_from_file(self, path: str) -> bool:
+            return self.parse(Path(path).read_bytes(), path)
+
+        def parse(self, model_bytes: bytes, path: str | None = None) -> bool:
             import onnx
 
-            model = onnx.load(path)
+            model = onnx.load_from_string(bytes(model_bytes))
+            if Builder.last is not None:
+                Builder.last.parser_models.append(model)
+            functions = {f.name for f in model.functions}
 
             def tensor(vi: Any) -> Tensor:
                 dims = tuple(
@@ -320,15 +344,35 @@ def make_fake_trt(version: str, cudart: FakeCudart) -> types.ModuleType:
             self.network.inputs = [tensor(v) for v in model.graph.input]
             self.network.outputs = [tensor(v) for v in model.graph.output]
             for node in model.graph.node:
-                if node.op_type == "CornerPool":
-                    if ("CornerPool", "1", "cornernet") not in registry.plugins:
-                        self.errors.append(
-                            f"In node 0 ({node.name}): UNSUPPORTED_NODE: Plugin not found, are the plugin name, version, and namespace correct?"
-                        )
-                        return False
-                    self.network.layers.append(Layer(trt.LayerType.PLUGIN_V3))
-                else:
+                attributes = {
+                    a.name: a.s.decode() for a in node.attribute if a.type == onnx.AttributeProto.STRING
+                }
+                key = (
+                    "CornerPool",
+                    attributes.get("plugin_version", "1"),
+                    attributes.get("plugin_namespace", ""),
+                )
+                registered = key in registry.plugins
+                if node.op_type != "CornerPool":
                     self.network.layers.append(Layer(trt.LayerType.REDUCE))
+                elif (major, minor) >= (10, 15) and "plugin_namespace" in attributes and registered:
+                    self.network.layers.append(Layer(trt.LayerType.PLUGIN_V3))  # plugin before local function
+                elif node.op_type in functions:
+                    # onnx-tensorrt of 10.0/10.1: a local function of the op's name is expanded before any
+                    # plugin lookup (later 10.x may differ; this keeps the worst case).
+                    self.network.layers.extend(Layer(trt.LayerType.REDUCE) for _ in range(3))
+                elif registered or (
+                    (major, minor) >= (10, 10) and ("CornerPool", key[1], node.domain) in registry.plugins
+                ):
+                    self.network.layers.append(Layer(trt.LayerType.PLUGIN_V3))  # FallbackPluginImporter
+                else:
+                    self.errors.append(
+                        ParserError(
+                            f"In node 0 with name: {node.name} and operator: CornerPool (importFallbackPluginImporter): "
+                            "UNSUPPORTED_NODE: Plugin not found, are the plugin name, version, and namespace correct?"
+                        )
+                    )
+                    return False
             return True
 
     class TimingCache:
@@ -363,7 +407,9 @@ def make_fake_trt(version: str, cudart: FakeCudart) -> types.ModuleType:
         def set_memory_pool_limit(self, pool: Any, size: int) -> None:
             self.pools[pool] = size
 
-        def create_timing_cache(self, data: bytes) -> TimingCache:
+        def create_timing_cache(self, data: bytes) -> TimingCache | None:
+            if data and not data.startswith(CACHE_MAGIC):
+                return None  # createTimingCache() returns nullptr for a blob that is no timing cache
             return TimingCache(data)
 
         def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
@@ -384,7 +430,9 @@ def make_fake_trt(version: str, cudart: FakeCudart) -> types.ModuleType:
 
         def __init__(self, logger: Logger) -> None:
             assert cudart.current >= 0, "no current CUDA device"
+            check_cuda_init()
             Builder.last = self
+            self.parser_models: list[Any] = []  # test hook: the models its networks' parsers were given
             self.network: Network | None = None
             self.config: BuilderConfig | None = None
 
@@ -493,6 +541,7 @@ def make_fake_trt(version: str, cudart: FakeCudart) -> types.ModuleType:
         last: Runtime | None = None
 
         def __init__(self, logger: Logger) -> None:
+            check_cuda_init()
             Runtime.last = self
             self.engine: Engine | None = None
 

@@ -26,6 +26,7 @@ from runtime.cuda_env import (
     import_cudart,
     import_tensorrt,
     load_plugin_library,
+    numpy_dtype,
     select_cuda_device,
     trt_logger,
 )
@@ -96,7 +97,12 @@ class TensorRTBackend(Backend):
         self._trt, self._cudart, self._path, self._device = trt, cudart, path, index
         self.sidecar, self.meta, self.profile = sidecar, sidecar.meta, sidecar.profile
         self._rebuild = rebuild
-        self._runtime = trt.Runtime(trt_logger(trt))
+        try:
+            self._runtime = trt.Runtime(trt_logger(trt))
+        except TypeError:  # pybind11: "factory function returned nullptr" when CUDA cannot initialise
+            raise UserError(
+                f"{path}: TensorRT could not create a runtime (CUDA initialisation failed; see its log above)"
+            ) from None
         self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:
             raise UserError(
@@ -114,7 +120,7 @@ class TensorRTBackend(Backend):
             )
         self._input = inputs[0]
         self.output_names = tuple(n for n in names if n not in inputs)
-        self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
+        self._dtypes = {n: numpy_dtype(trt, self._engine.get_tensor_dtype(n), n, path) for n in names}
 
         self._stream = cuda_check(
             cudart,
@@ -173,7 +179,7 @@ class TensorRTBackend(Backend):
         dtype = self._dtypes[name]
         count = int(np.prod(shape, dtype=np.int64))
         raw = (ctypes.c_uint8 * (count * dtype.itemsize)).from_address(self._buffers[name].host)
-        return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+        return np.frombuffer(memoryview(raw), dtype=dtype, count=count).reshape(shape)
 
     def _set_shape(self, shape: tuple[int, ...]) -> None:
         """Set the input shape, size the outputs, grow buffers and (re)bind their addresses."""

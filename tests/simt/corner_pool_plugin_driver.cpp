@@ -4,20 +4,18 @@
 // libnvinfer, no GPU).
 //
 // First it runs its own checks of the build-time interface and the error paths and prints "checks ok". Then,
-// like corner_pool_driver.cpp, it reads "dtype n c h w mode device offset input.bin output.bin" lines from
-// stdin and enqueues each through a runtime plugin (dtype 0 kFLOAT, 1 kHALF, 2 kBF16), printing "ok" or
-// "error TEXT". Any failed check prints "FAIL ..." and exits 1.
+// like corner_pool_driver.cpp, it reads cases in case_io.h's format from stdin and enqueues each through a
+// runtime plugin (dtype 0 kFLOAT, 1 kHALF, 2 kBF16), printing "ok" or "error TEXT". Any failed check prints
+// "FAIL ..." and exits 1.
 #include <algorithm>
-#include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <fstream>
 #include <iostream>
-#include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "NvInferRuntime.h"
+#include "case_io.h"
 #include "cuda_runtime_api.h"
 
 extern "C" void setLoggerFinder(nvinfer1::ILoggerFinder* finder);
@@ -93,6 +91,8 @@ IPluginV3* createWithMode(int32_t mode, TensorRTPhase phase, PluginFieldType typ
     return creator()->createPlugin("pool_layer", &fields, phase);
 }
 
+constexpr TensorFormat kLINEAR = TensorFormat::kLINEAR;
+
 DynamicPluginTensorDesc dynamicDesc(DataType type, TensorFormat format)
 {
     DynamicPluginTensorDesc desc{};
@@ -153,18 +153,19 @@ void checkBuildInterface()
     }
     DimsExprs shape{};
     alignas(16) static unsigned char unusedBuilder[64]; // getOutputShapes must not touch the builder
-    CHECK(build->getOutputShapes(&in, 1, nullptr, 0, &shape, 1, *reinterpret_cast<IExprBuilder*>(unusedBuilder)) == 0);
+    IExprBuilder& builder = *reinterpret_cast<IExprBuilder*>(unusedBuilder);
+    CHECK(build->getOutputShapes(&in, 1, nullptr, 0, &shape, 1, builder) == 0);
     CHECK(shape.nbDims == 4 && std::equal(in.d, in.d + 4, shape.d));
     DimsExprs in3 = in;
     in3.nbDims = 3;
-    CHECK(build->getOutputShapes(&in3, 1, nullptr, 0, &shape, 1, *reinterpret_cast<IExprBuilder*>(unusedBuilder)) == -1);
+    CHECK(build->getOutputShapes(&in3, 1, nullptr, 0, &shape, 1, builder) == -1);
     CHECK(gLogger.saw(ILogger::Severity::kERROR, "expects a 4-D NCHW input, got 3-D"));
 
     // Formats: linear fp32/fp16/bf16 with the output matching the input; nothing else.
     for (DataType type : {DataType::kFLOAT, DataType::kHALF, DataType::kBF16, DataType::kINT8, DataType::kINT32})
     {
         bool const supported = type == DataType::kFLOAT || type == DataType::kHALF || type == DataType::kBF16;
-        DynamicPluginTensorDesc io[2] = {dynamicDesc(type, TensorFormat::kLINEAR), dynamicDesc(type, TensorFormat::kLINEAR)};
+        DynamicPluginTensorDesc io[2] = {dynamicDesc(type, kLINEAR), dynamicDesc(type, kLINEAR)};
         CHECK(build->supportsFormatCombination(0, io, 1, 1) == supported);
         if (supported)
         {
@@ -174,12 +175,12 @@ void checkBuildInterface()
             io[1] = io[0];
             io[0].desc.format = TensorFormat::kCHW32;
             CHECK(!build->supportsFormatCombination(0, io, 1, 1));
-            DynamicPluginTensorDesc good[2] = {dynamicDesc(type, TensorFormat::kLINEAR), dynamicDesc(type, TensorFormat::kLINEAR)};
+            DynamicPluginTensorDesc good[2] = {dynamicDesc(type, kLINEAR), dynamicDesc(type, kLINEAR)};
             CHECK(build->configurePlugin(&good[0], 1, &good[1], 1) == 0);
             CHECK(build->getWorkspaceSize(&good[0], 1, &good[1], 1) == 0);
         }
     }
-    DynamicPluginTensorDesc mixed[2] = {dynamicDesc(DataType::kFLOAT, TensorFormat::kLINEAR), dynamicDesc(DataType::kHALF, TensorFormat::kLINEAR)};
+    DynamicPluginTensorDesc mixed[2] = {dynamicDesc(DataType::kFLOAT, kLINEAR), dynamicDesc(DataType::kHALF, kLINEAR)};
     CHECK(build->configurePlugin(&mixed[0], 1, &mixed[1], 1) == -1);
 
     // Serialisation round trip: the fields written are the fields a runtime-phase creation reads.
@@ -201,7 +202,8 @@ void checkBuildInterface()
     // Bad fields: a clear error through the logger and no plugin; a missing field: a warning and the default.
     size_t const before = gLogger.messages.size();
     CHECK(createWithMode(7, TensorRTPhase::kBUILD) == nullptr);
-    CHECK(gLogger.saw(ILogger::Severity::kERROR, "field 'mode' must be 0 (top), 1 (bottom), 2 (left) or 3 (right), got 7"));
+    CHECK(gLogger.saw(
+        ILogger::Severity::kERROR, "field 'mode' must be 0 (top), 1 (bottom), 2 (left) or 3 (right), got 7"));
     CHECK(createWithMode(1, TensorRTPhase::kBUILD, PluginFieldType::kFLOAT32) == nullptr);
     CHECK(gLogger.saw(ILogger::Severity::kERROR, "pool_layer: field 'mode' must be one kINT32 value"));
     PluginFieldCollection empty{0, nullptr};
@@ -215,11 +217,6 @@ void checkBuildInterface()
 DataType dataType(int code)
 {
     return code == 0 ? DataType::kFLOAT : code == 1 ? DataType::kHALF : DataType::kBF16;
-}
-
-size_t elementBytes(int code)
-{
-    return code == 0 ? 4 : 2;
 }
 
 } // namespace
@@ -237,14 +234,11 @@ int main()
         {
             continue;
         }
-        std::istringstream fields(line);
-        int dtype = 0, n = 0, c = 0, h = 0, w = 0, mode = 0, device = 0;
-        size_t offset = 0;
-        std::string inputPath, outputPath;
-        CHECK(fields >> dtype >> n >> c >> h >> w >> mode >> device >> offset >> inputPath >> outputPath);
+        PoolCase poolCase;
+        CHECK(poolCase.parse(line));
 
         // As at deserialisation: creator (runtime phase) -> attachToContext -> onShapeChange -> enqueue.
-        IPluginV3* const built = createWithMode(mode, TensorRTPhase::kRUNTIME);
+        IPluginV3* const built = createWithMode(poolCase.mode, TensorRTPhase::kRUNTIME);
         CHECK(built != nullptr);
         auto* builtRuntime
             = static_cast<IPluginV3OneRuntime*>(built->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
@@ -255,39 +249,29 @@ int main()
         PluginTensorDesc desc[2]{};
         for (PluginTensorDesc& d : desc)
         {
-            d.type = dataType(dtype);
+            d.type = dataType(poolCase.dtype);
             d.format = TensorFormat::kLINEAR;
             d.dims.nbDims = 4;
-            d.dims.d[0] = n;
-            d.dims.d[1] = c;
-            d.dims.d[2] = h;
-            d.dims.d[3] = w;
+            d.dims.d[0] = poolCase.n;
+            d.dims.d[1] = poolCase.c;
+            d.dims.d[2] = poolCase.h;
+            d.dims.d[3] = poolCase.w;
         }
         CHECK(runtime->onShapeChange(&desc[0], 1, &desc[1], 1) == 0);
 
-        size_t const count = static_cast<size_t>(n) * c * h * w;
-        size_t const bytes = (count + offset) * elementBytes(dtype);
-        std::vector<char> host(count * elementBytes(dtype));
-        std::ifstream(inputPath, std::ios::binary).read(host.data(), static_cast<std::streamsize>(host.size()));
-        char* input = static_cast<char*>(std::malloc(bytes > 0 ? bytes : 1));
-        char* output = static_cast<char*>(std::malloc(bytes > 0 ? bytes : 1));
-        char* in = input + offset * elementBytes(dtype);
-        char* out = output + offset * elementBytes(dtype);
-        std::copy(host.begin(), host.end(), in);
-        simt::gCurrentDevice = device;
-        void const* inputs[] = {in};
-        void* outputs[] = {out};
+        PoolBuffers buffers(poolCase);
+        simt::gCurrentDevice = poolCase.device;
+        void const* inputs[] = {buffers.input()};
+        void* outputs[] = {buffers.output()};
         if (runtime->enqueue(&desc[0], &desc[1], inputs, outputs, nullptr, nullptr) == 0)
         {
-            std::ofstream(outputPath, std::ios::binary).write(out, static_cast<std::streamsize>(host.size()));
+            buffers.writeOutput();
             std::cout << "ok" << std::endl;
         }
         else
         {
             std::cout << "error " << (gLogger.messages.empty() ? "" : gLogger.messages.back().second) << std::endl;
         }
-        std::free(input);
-        std::free(output);
         delete attached;
         delete built;
     }
