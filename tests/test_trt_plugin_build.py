@@ -298,6 +298,34 @@ def test_load_without_tensorrt_is_a_one_line_user_error(monkeypatch: pytest.Monk
     assert "\n" not in str(raised.value)
 
 
+def test_load_registers_once_and_names_what_tensorrt_refuses(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``load()`` against a registry that behaves like the binding's (None on failure or a second registration)."""
+    from tests.trt_fakes import FAKE_PLUGIN_MAGIC, PLUGIN_KEY, FakeCudart, make_fake_trt
+
+    trt = make_fake_trt("10.16.1.11", FakeCudart())
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(trt_plugins, "_loaded", None)
+    library = tmp_path / "libcornerpool_trt.so"
+    library.write_bytes(FAKE_PLUGIN_MAGIC)
+    monkeypatch.setenv(trt_plugins.ENV_PLUGIN_LIBRARY, str(library))
+    assert trt_plugins.load() == trt_plugins.load() == str(library.resolve())
+    assert trt.get_plugin_registry().loads == [str(library.resolve())]  # registered once
+    assert PLUGIN_KEY in trt.registry.plugins
+
+    monkeypatch.setattr(trt_plugins, "_loaded", None)
+    trt.registry.plugins.clear()
+    library.write_bytes(b"built against TensorRT 11")
+    with pytest.raises(
+        UserError, match=r"TensorRT 10\.16\.1\.11 refused to load the plugin library .*another"
+    ):
+        trt_plugins.load()
+    monkeypatch.setenv(trt_plugins.ENV_PLUGIN_LIBRARY, str(tmp_path / "missing.so"))
+    with pytest.raises(UserError, match=r"CORNERNET_TRT_PLUGIN names .*missing\.so, which does not exist"):
+        trt_plugins.load()
+
+
 def test_build_cli_help_and_bad_arch(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exited:
         build.main(["--help"])

@@ -260,6 +260,27 @@ def make_fake_trt(version: str, cudart: FakeCudart) -> types.ModuleType:
     trt.registry = registry  # test hook: plugin creators "registered"
     trt.cuda_init_fails = False  # test hook: Builder/Runtime raise as pybind11 does for a null factory result
 
+    class PluginRegistry:
+        """``IPluginRegistry`` as the binding exposes it: ``load_library`` returns a handle, or None when the
+        library does not load or any of its creators is registered already (it never raises)."""
+
+        def __init__(self) -> None:
+            self.loads: list[str] = []
+
+        def load_library(self, path: str) -> object | None:
+            self.loads.append(path)
+            data = Path(path).read_bytes() if Path(path).is_file() else b""
+            if not data.startswith(FAKE_PLUGIN_MAGIC) or PLUGIN_KEY in registry.plugins:
+                return None
+            registry.plugins.add(PLUGIN_KEY)
+            return object()
+
+        def get_creator(self, name: str, version: str, namespace: str = "") -> object | None:
+            return object() if (name, version, namespace) in registry.plugins else None
+
+    plugin_registry = PluginRegistry()
+    trt.get_plugin_registry = lambda: plugin_registry
+
     def check_cuda_init() -> None:
         if trt.cuda_init_fails:
             raise TypeError("pybind11::init(): factory function returned nullptr")
@@ -558,6 +579,11 @@ def make_fake_trt(version: str, cudart: FakeCudart) -> types.ModuleType:
     return trt
 
 
+#: First bytes of a file the fake registry accepts as a plugin library, and what it registers.
+FAKE_PLUGIN_MAGIC = b"fake CornerPool plugin"
+PLUGIN_KEY = ("CornerPool", "1", "cornernet")
+
+
 def install(monkeypatch: Any, trt: types.ModuleType | None, cudart: FakeCudart) -> None:
     """Make ``import tensorrt`` and ``from cuda.bindings import runtime`` return the fakes."""
     cuda: Any = types.ModuleType("cuda")
@@ -574,7 +600,7 @@ def fake_plugin_loader(trt: types.ModuleType, library: Path) -> Any:
     """Stand-in for :func:`trt_plugins.load`: "registers" CornerPool with the fake registry."""
 
     def load() -> str:
-        trt.registry.plugins.add(("CornerPool", "1", "cornernet"))
+        trt.registry.plugins.add(PLUGIN_KEY)
         return str(library)
 
     return load

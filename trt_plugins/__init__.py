@@ -69,12 +69,7 @@ def load() -> str:
         else:
             path = build.ensure_plugin_library()
         registry = trt.get_plugin_registry()
-        try:
-            handle = registry.load_library(str(path))
-        except RuntimeError as error:
-            raise UserError(
-                f"TensorRT {trt.__version__} cannot load the plugin library {path}: {error}"
-            ) from error
+        handle = registry.load_library(str(path))  # never raises: None on failure
         # None also means "creators already registered", e.g. by an earlier load of the same library.
         if handle is None and registry.get_creator(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
             raise UserError(
