@@ -301,8 +301,9 @@ def inline_decomposition(model: ModelProto) -> None:
 def drop_fallback_function(model: ModelProto) -> None:
     """Remove the model-local ``CornerPool`` function, leaving the nodes to a plugin.
 
-    TensorRT's ONNX parser needs this: up to at least 10.1 it expands a local function of a node's op name
-    before it looks for a plugin, so with the function present the engine silently uses the slow fallback.
+    TensorRT's ONNX parser needs this: 10.0 to 10.6 expand a local function of a node's op name before they
+    look for a plugin (10.7+ prefer a registered plugin), so with the function present the engine would
+    silently use the slow fallback; 10.0-10.3 cannot even parse the fallback's runtime Slice/Pad axes.
     """
     kept = [f for f in model.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
     del model.functions[:]

@@ -118,6 +118,13 @@ class BuildOptions:
             raise UserError(f"--workspace {self.workspace_mib}: must be at least 1 MiB")
         if self.outputs not in ("proposals", "heads"):
             raise UserError(f"--outputs {self.outputs}: choose proposals or heads")
+        if min(self.min_hw) < DEFAULT_MIN_HW[0]:
+            # Padded inputs are never smaller, and smaller maps can hold fewer corners than the exported
+            # TopK's K (100), which TensorRT refuses.
+            raise UserError(
+                f"--min {self.min_hw[0]}x{self.min_hw[1]}: sides must be at least {DEFAULT_MIN_HW[0]} "
+                "(every input is padded to 128 m - 1 pixels a side)"
+            )
         self.profile("input")
 
 

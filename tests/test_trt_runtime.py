@@ -251,6 +251,8 @@ def test_rebuild_command_and_small_helpers() -> None:
         BuildOptions(batch=0).validate()
     with pytest.raises(UserError, match="min <= opt <= max"):
         BuildOptions(opt_hw=(1023, 1023)).validate()
+    with pytest.raises(UserError, match=r"--min 63x127: sides must be at least 127 \(every input is padded"):
+        BuildOptions(min_hw=(63, 127)).validate()
 
 
 def test_default_profile_covers_coco() -> None:
@@ -632,7 +634,7 @@ def test_timing_cache_is_reused_and_replaced_when_stale(
 def test_every_corner_pool_node_becomes_a_plugin_layer(
     fake: FakeEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """TensorRT 10.0/10.1 expand a model-local function of the node's op name before looking for a plugin, so
+    """TensorRT 10.0-10.6 expand a model-local function of the node's op name before looking for a plugin, so
     the build hides the fallback function from the parser; were it shown, the layer count check would stop
     the build instead of silently making an engine without the plugin."""
     _, sidecar = fake.build(BuildOptions(use_timing_cache=False, check=False))

@@ -376,11 +376,11 @@ def make_fake_trt(version: str, cudart: FakeCudart) -> types.ModuleType:
                 registered = key in registry.plugins
                 if node.op_type != "CornerPool":
                     self.network.layers.append(Layer(trt.LayerType.REDUCE))
-                elif (major, minor) >= (10, 15) and "plugin_namespace" in attributes and registered:
+                elif (major, minor) >= (10, 7) and "plugin_namespace" in attributes and registered:
                     self.network.layers.append(Layer(trt.LayerType.PLUGIN_V3))  # plugin before local function
                 elif node.op_type in functions:
-                    # onnx-tensorrt of 10.0/10.1: a local function of the op's name is expanded before any
-                    # plugin lookup (later 10.x may differ; this keeps the worst case).
+                    # onnx-tensorrt 10.0-10.6: a local function of the op's name is expanded before any
+                    # plugin lookup.
                     self.network.layers.extend(Layer(trt.LayerType.REDUCE) for _ in range(3))
                 elif registered or (
                     (major, minor) >= (10, 10) and ("CornerPool", key[1], node.domain) in registry.plugins
