@@ -64,9 +64,10 @@ def build_driver(
     directory: Path,
     driver: str = "corner_pool_driver",
     tensorrt_include: Path | None = None,
+    defines: tuple[str, ...] = (),
 ) -> Path:
     """Compile ``kernel_source`` with the emulator and ``tests/simt/DRIVER.cpp`` (plus the plugin, given
-    TensorRT's headers) into an executable."""
+    TensorRT's headers, and ``-D`` ``defines``) into an executable."""
     assert CXX is not None
     unit = directory / "corner_pool_kernel_emulated.cpp"
     unit.write_text(emulator_source(kernel_source))
@@ -85,6 +86,7 @@ def build_driver(
     command += ["-I", str(SIMT), "-I", str(KERNEL_SOURCE.parent), str(unit), str(SIMT / f"{driver}.cpp")]
     if tensorrt_include is not None:
         command += ["-isystem", str(tensorrt_include), str(KERNEL_SOURCE.parent / "cornerPoolPlugin.cpp")]
+    command += [f"-D{define}" for define in defines]
     built = subprocess.run([*command, *SANITIZERS, "-o", str(executable)], capture_output=True, text=True)
     if built.returncode != 0 and "sanitize" in built.stderr:
         # A compiler without the sanitizer runtimes still checks every value.
@@ -163,6 +165,24 @@ def test_emulated_kernel_matches_torch_cummax(
     for case, result in zip(cases, run_cases(driver, tmp_path, cases), strict=True):
         assert not isinstance(result, str), f"{describe(case)}: {result}"
         assert_bitwise_equal(result, reference(case[0], mode), describe(case))
+
+
+def test_grid_stride_loops(tmp_path: Path) -> None:
+    """With the grid capped at 2 blocks, each block walks several column tiles (vertical, with and without the
+    H split, whose shared-memory double buffer then spans tiles) or several row groups (horizontal). Real
+    launches only reach these loops past 2^20 blocks."""
+    driver = build_driver(
+        KERNEL_SOURCE.read_text(), tmp_path, defines=("CORNER_POOL_MAX_GRID_BLOCKS=int64_t{2}",)
+    )
+    cases = []
+    for dtype in (torch.float32, torch.float16):
+        for index, shape in enumerate([(2, 3, 37, 45), (1, 64, 20, 33), (1, 16, 24, 256), (3, 1, 17, 8)]):
+            x = make_input(shape, dtype, index, True, device="cpu")
+            cases += [(x, mode, device, 0) for mode in MODES.values() for device in DEVICES]
+    for case, result in zip(cases, run_cases(driver, tmp_path, cases), strict=True):
+        assert not isinstance(result, str), f"{describe(case)}: {result}"
+        mode_name = next(name for name, value in MODES.items() if value == case[1])
+        assert_bitwise_equal(result, reference(case[0], mode_name), "grid-stride " + describe(case))
 
 
 def test_bad_arguments_are_refused(driver: Path, tmp_path: Path) -> None:

@@ -30,7 +30,11 @@ constexpr int32_t kROWS_PER_THREAD = 8;
 constexpr int32_t kMAX_SPLIT = 8;
 //! Threads per SM the vertical kernel aims for before it stops splitting H.
 constexpr int64_t kTARGET_THREADS_PER_SM = 1024;
-constexpr int64_t kMAX_GRID_BLOCKS = int64_t{1} << 20;
+#ifndef CORNER_POOL_MAX_GRID_BLOCKS
+#define CORNER_POOL_MAX_GRID_BLOCKS (int64_t{1} << 20)
+#endif
+//! Grid size cap; larger tensors take the kernels' grid-stride loops (tests lower it to reach them).
+constexpr int64_t kMAX_GRID_BLOCKS = CORNER_POOL_MAX_GRID_BLOCKS;
 constexpr int32_t kMAX_DEVICES = 64;
 constexpr int32_t kFALLBACK_SM_COUNT = 132;
 
