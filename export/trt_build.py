@@ -402,11 +402,11 @@ def build(
 
     logger = trt_logger(trt, options.verbose)
     try:
-        builder = trt.Builder(logger)  # raises TypeError ("returned nullptr") when CUDA cannot initialise
-    except TypeError:
-        builder = None
-    if builder is None:
-        raise UserError("TensorRT could not create a builder (CUDA initialisation failed; see its log above)")
+        builder = trt.Builder(logger)
+    except TypeError:  # pybind11: "factory function returned nullptr" when CUDA cannot initialise
+        raise UserError(
+            "TensorRT could not create a builder (CUDA initialisation failed; see its log above)"
+        ) from None
     network = _create_network(builder, trt, strongly_typed=fp16_onnx)
     parser = trt.OnnxParser(network, logger)
     log(f"parse    {onnx_path}")
