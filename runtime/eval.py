@@ -13,14 +13,14 @@ Exit codes: 0 success, 1 verification beyond tolerance, 2 bad usage or unreadabl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from runtime.backends import Backend, backend_kind, open_backend
+from runtime.backends import backend_options
 from runtime.cli import parser_from_doc, run_cli, write_json
 from runtime.coco import (
     CocoSet,
@@ -33,9 +33,9 @@ from runtime.coco import (
 )
 from runtime.compare import AP_TOLERANCE, Comparison, delta_ap, format_ap_table, format_output_table, judge
 from runtime.decode import HEAD_OUTPUTS, Detections
+from runtime.detector import Detector
 from runtime.errors import EXIT_CHECK_FAILED, EXIT_OK, UserError
 from runtime.meta import sha256_file
-from runtime.pipeline import Timings, batches_by_shape, prepared_images, run_batch
 from runtime.verify_pictures import DEFAULT_COUNT, write_verify_pictures
 
 
@@ -73,6 +73,11 @@ def make_parser() -> argparse.ArgumentParser:
         "--cuda-graph",
         action="store_true",
         help="TensorRT engines: replay a captured CUDA graph per input shape (less launch overhead)",
+    )
+    run.add_argument(
+        "--plugin",
+        metavar="LIB",
+        help="TensorRT engines: the CornerPool plugin library (default: $CORNERNET_TRT_PLUGIN, else the one recorded at build time)",
     )
     run.add_argument(
         "--workers",
@@ -135,11 +140,11 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_reference(arg: str, backend: Backend) -> Path:
+def resolve_reference(arg: str, info: dict[str, Any]) -> Path:
     """``--verify`` target: the given checkpoint, or the one named in the model's metadata."""
     if arg != "auto":
         return Path(arg)
-    path, sha = backend.info.get("source_checkpoint"), backend.info.get("source_sha256")
+    path, sha = info.get("source_checkpoint"), info.get("source_sha256")
     if not path:
         raise UserError(
             "--verify without CKPT: the model records no source checkpoint; pass --verify CHECKPOINT.pth"
@@ -168,69 +173,97 @@ def run(args: argparse.Namespace) -> int:
     if not images:
         raise UserError(f"{coco.ann_file}: lists no images; nothing to evaluate")
 
-    graph = {"cuda_graph": True} if args.cuda_graph and backend_kind(args.model) == "tensorrt" else {}
-    backend = open_backend(args.model, device=args.device, **graph)
+    with contextlib.ExitStack() as resources:  # every model closed on every path
+        det = resources.enter_context(
+            Detector(
+                args.model,
+                device=args.device,
+                flip=args.flip,
+                batch_size=args.batch,
+                workers=args.workers,
+                **backend_options(args.model, cuda_graph=args.cuda_graph, plugin=args.plugin),
+            )
+        )
+        return _evaluate(args, coco, images, det, resources)
+
+
+def _evaluate(
+    args: argparse.Namespace,
+    coco: CocoSet,
+    images: list[Any],
+    det: Detector,
+    resources: contextlib.ExitStack,
+) -> int:
+    img_dir = coco.image_dir
     if not any(img_dir.iterdir()):
         raise UserError(
-            f"{img_dir}: image folder is empty; pass the folder that holds the images {ann.name} lists"
+            f"{img_dir}: image folder is empty; pass the folder that holds the images {coco.ann_file.name} lists"
         )
-    check_classes(coco, backend.meta.classes, args.model)
+    check_classes(coco, det.meta.classes, args.model)
     reference = None
     if args.verify:
-        from runtime.backends.pytorch import PyTorchBackend
-
-        ref_path = resolve_reference(args.verify, backend)
-        kind = "heads" if all(n in backend.output_names for n in HEAD_OUTPUTS) else "proposals"
-        reference = PyTorchBackend(ref_path, device=args.device, outputs=kind, dtype="fp32")
+        ref_path = resolve_reference(args.verify, det.info)
+        kind = "heads" if all(n in det.output_names for n in HEAD_OUTPUTS) else "proposals"
+        reference = resources.enter_context(
+            Detector(
+                ref_path,
+                device=args.device,
+                flip=args.flip,
+                batch_size=args.batch,
+                workers=args.workers,
+                outputs=kind,
+                dtype="fp32",
+            )
+        )
         check_classes(coco, reference.meta.classes, str(ref_path))
+    backend = det  # name, info and meta for the report
 
-    print(f"model    {args.model} ({backend.name}, {backend.info.get('precision', 'fp32')})")
+    print(f"model    {args.model} ({det.name}, {det.info.get('precision', 'fp32')})")
     print(f"data     {coco.ann_file} ({len(images)} images, {coco.num_annotations} annotations)")
     if reference is not None:
         print(f"verify   against {ref_path} (pytorch fp32, {reference.info['device']})")
 
     skipped: list[str] = []
 
-    def on_skip(path: Path, reason: str) -> None:
-        skipped.append(str(path))
+    def on_skip(path: str, reason: str) -> None:
+        skipped.append(path)
         tqdm.write(f"warning: skipping {reason}", file=sys.stderr)
 
-    timings, ref_seconds = Timings(), 0.0
     comparison = Comparison()
     dets: dict[int, Detections] = {}
     ref_dets: dict[int, Detections] = {}
-    items = [(im.id, im.path) for im in images]
-    t_start = time.perf_counter()
+    ids = {str(im.path): im.id for im in images}
+    paths = [im.path for im in images]
     bar = tqdm(
-        total=len(items),
+        total=len(paths),
         desc="eval",
         unit="img",
         disable=args.no_progress,
         dynamic_ncols=True,
         mininterval=0.5,
     )
-    for batch in batches_by_shape(
-        prepared_images(items, backend.meta, args.flip, args.workers, on_skip), args.batch
-    ):
-        timings.preprocess += sum(p.seconds for p in batch)
-        res = run_batch(backend, batch, timings)
-        dets.update(zip(res.keys, res.detections, strict=True))
-        if reference is not None:
-            t0 = time.perf_counter()
-            ref = run_batch(reference, batch)
-            ref_seconds += time.perf_counter() - t0
-            comparison.add_outputs(ref.outputs, res.outputs)
-            for d_ref, d_test in zip(ref.detections, res.detections, strict=True):
-                comparison.add_detections(d_ref, d_test)
-            ref_dets.update(zip(ref.keys, ref.detections, strict=True))
-        bar.update(len(batch))
-        timings.images += len(batch)
+    verifying = reference is not None
+    results = det.stream(paths, keep_outputs=verifying, on_skip=on_skip)
+    # The reference reads the same files and skips the same unreadable ones, so both streams stay aligned.
+    ref_results = reference.stream(paths, keep_outputs=True, on_skip=lambda *_: None) if verifying else None
+    for res in results:
+        key = ids[str(res.source)]
+        dets[key] = res.detections()
+        if ref_results is not None:
+            ref = next(ref_results)
+            if ref.source != res.source:
+                raise RuntimeError(f"verify streams out of step: {ref.source} vs {res.source}")
+            if res.outputs is not None and ref.outputs is not None:
+                comparison.add_outputs(ref.outputs, res.outputs)
+            comparison.add_detections(ref.detections(), res.detections())
+            ref_dets[key] = ref.detections()
+        bar.update(1)
     bar.close()
-    timings.wall = time.perf_counter() - t_start - ref_seconds
+    timings = det.times
     if not dets:
-        raise UserError(f"{coco.image_dir}: none of the {len(items)} images could be read; check --images")
+        raise UserError(f"{coco.image_dir}: none of the {len(paths)} images could be read; check --images")
     if skipped:
-        print(f"warning: skipped {len(skipped)} of {len(items)} unreadable images", file=sys.stderr)
+        print(f"warning: skipped {len(skipped)} of {len(paths)} unreadable images", file=sys.stderr)
 
     evaluated_ids = sorted(dets)
     results = [
@@ -243,7 +276,8 @@ def run(args: argparse.Namespace) -> int:
     t = timings.per_image_ms()
     print(
         f"timing   pre-process {t['preprocess_ms']:.1f} ms (in {args.workers} threads), inference {t['inference_ms']:.1f} ms, "
-        f"decode {t['decode_ms']:.1f} ms per image; {t['fps']:.2f} images/s overall"
+        f"decode {t['decode_ms']:.1f} ms per image; {t['fps']:.2f} images/s overall, network busy {100 * t['network_busy']:.0f}%"
+        + (" (the reference ran alongside)" if verifying else "")
     )
     if args.out:
         write_json(args.out, results)
@@ -251,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
 
     report: dict[str, Any] = {
         "model": str(args.model),
-        "backend": backend.name,
+        "backend": det.name,
         "backend_info": backend.info,
         "dataset": {
             "ann_file": str(coco.ann_file),
@@ -318,7 +352,6 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         write_json(args.report, report)
         print(f"wrote    {args.report}")
-    backend.close()
     return exit_code
 
 

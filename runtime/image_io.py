@@ -103,3 +103,16 @@ def write_image(path: str | os.PathLike[str], image_rgb: np.ndarray, jpeg_qualit
         raise UserError(
             f"{path}: cannot write the image ({e.strerror or e}); free disk space or choose another --out-dir"
         ) from None
+
+
+def read_file_bytes(path: str | os.PathLike[str]) -> bytes:
+    """An image file's bytes, undecoded (what a served model receives); missing/empty files raise ``UserError``."""
+    return _read_bytes(path).tobytes()
+
+
+def encode_png(image_rgb: np.ndarray) -> bytes:
+    """Lossless PNG bytes of an ``(h, w, 3)`` uint8 RGB array; decoding them gives the same pixels back."""
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(image_rgb[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise UserError(f"cannot encode an image of shape {image_rgb.shape} as PNG")
+    return buf.tobytes()

@@ -6,7 +6,7 @@ Written once and shared by every backend and command (eval, verify, bench, detec
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +31,7 @@ class Prepared:
     inputs: list[np.ndarray]  # each [3, H, W] float32
     metas: list[ImageMeta]
     seconds: float  # time spent reading + pre-processing
+    source: str | None = None  # the image file, when it came from one
 
     @property
     def pad_shape(self) -> tuple[int, int]:
@@ -102,18 +103,24 @@ class BatchResult:
     detections: list[Detections] = field(default_factory=list)
 
 
+def decode_batch(outputs: dict[str, np.ndarray], batch: Sequence[Prepared], meta: ModelMeta) -> list[Detections]:
+    """Network outputs of one batch (views of each image in order) -> final detections per image."""
+    props = outputs_to_proposals(outputs, feature_shape(*batch[0].pad_shape), meta)
+    dets, i = [], 0
+    for p in batch:
+        views = len(p.inputs)
+        dets.append(postprocess(props[i : i + views], p.metas, meta.test_cfg))
+        i += views
+    return dets
+
+
 def run_batch(backend: Backend, batch: list[Prepared], timings: Timings | None = None) -> BatchResult:
     """Inference + decoding for images that share one padded shape."""
     inputs = batch_inputs([x for p in batch for x in p.inputs])
     t0 = time.perf_counter()
     outputs = backend.infer(inputs)
     t1 = time.perf_counter()
-    props = outputs_to_proposals(outputs, feature_shape(*batch[0].pad_shape), backend.meta)
-    dets, i = [], 0
-    for p in batch:
-        views = len(p.inputs)
-        dets.append(postprocess(props[i : i + views], p.metas, backend.meta.test_cfg))
-        i += views
+    dets = decode_batch(outputs, batch, backend.meta)
     t2 = time.perf_counter()
     if timings is not None:
         timings.inference += t1 - t0

@@ -44,4 +44,17 @@ def open_backend(path: str | Path, device: str | None = None, **kwargs: object) 
     return TensorRTBackend(path, device=device, **kwargs)  # type: ignore[arg-type]
 
 
-__all__ = ["SUFFIXES", "Backend", "backend_kind", "open_backend"]
+def backend_options(model: str | Path, cuda_graph: bool = False, plugin: str | None = None) -> dict[str, object]:
+    """The backend options a command's flags mean for ``model``: ``--cuda-graph`` and ``--plugin`` concern
+    TensorRT engines only and are dropped for other models (one place decides, for every command)."""
+    if str(model).lower().startswith(("grpc://", "http://")) or backend_kind(model) != "tensorrt":
+        return {}
+    options: dict[str, object] = {}
+    if cuda_graph:
+        options["cuda_graph"] = True
+    if plugin:
+        options["plugin"] = plugin
+    return options
+
+
+__all__ = ["SUFFIXES", "Backend", "backend_kind", "backend_options", "open_backend"]

@@ -4,6 +4,8 @@ that is exported to ONNX."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,24 @@ from runtime.meta import ModelMeta, sha256_file
 from .base import Backend
 
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@contextlib.contextmanager
+def exact_fp32(enabled: bool) -> Iterator[None]:
+    """No TF32 in cuDNN convolutions and cuBLAS matmuls while inside, restored on exit.
+
+    The fp32 reference must be fp32; the switch is process-wide in PyTorch, so it is scoped to each
+    inference call instead of being flipped for the whole process at construction.
+    """
+    if not enabled:
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 class ModelBackend(Backend):
@@ -58,6 +78,7 @@ class ModelBackend(Backend):
     def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
         with (
+            exact_fp32(self.device.type == "cuda" and self.amp_dtype is None),
             torch.inference_mode(),
             torch.autocast(
                 self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
@@ -89,10 +110,6 @@ class PyTorchBackend(ModelBackend):
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError(f"--device {device}: no CUDA device is visible to PyTorch; use --device cpu")
         dev = torch.device(device)
-        if dtype == "fp32" and dev.type == "cuda":
-            # The fp32 reference must be fp32: cuDNN/cuBLAS would otherwise use TF32 for convolutions.
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
         ckpt = load_checkpoint(path)
         super().__init__(build_model(ckpt, dev), ckpt.meta, dev, AUTOCAST_DTYPES[dtype], outputs)
         self.model.eval()
