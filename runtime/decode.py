@@ -20,22 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from runtime.names import HEAD_OUTPUTS, PROPOSAL_OUTPUTS
 from runtime.preprocess import ImageMeta
-
-# Output names of the proposal step, in this order, for the ONNX graph and every backend.
-PROPOSAL_OUTPUTS = (
-    "tl_scores",
-    "tl_inds",
-    "tl_embs",
-    "tl_offs",
-    "br_scores",
-    "br_inds",
-    "br_embs",
-    "br_offs",
-)
-
-# Raw head outputs of the last stack, the order corner_proposals takes them in.
-HEAD_OUTPUTS = ("tl_heat", "br_heat", "tl_emb", "br_emb", "tl_off", "br_off")
 
 # Raw pairs at or below this score are invalid (mmdet marks them -1 and keeps scores > -0.1).
 _VALID_SCORE = np.float32(-0.1)

@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from runtime.names import HEAD_OUTPUTS
+
 from .data.targets import CornerMatch, CornerTargets
 
-HEAD_NAMES = ("tl_heat", "br_heat", "tl_emb", "br_emb", "tl_off", "br_off")
+HEAD_NAMES = HEAD_OUTPUTS  # the head maps the losses read, in the model's order
 LOSS_NAMES = ("det_loss", "pull_loss", "push_loss", "off_loss")
 
 # mmdet's weight_reduce_loss divides by ``avg_factor + eps`` (float32 eps) to avoid division by zero;
@@ -159,7 +161,7 @@ def corner_losses_single(
     Returns:
         ``{"det_loss", "pull_loss", "push_loss", "off_loss"}`` scalars.
     """
-    tl_heat, br_heat = _head(heads, "tl_heat"), _head(heads, "br_heat")
+    tl_heat, br_heat, tl_emb, br_emb, tl_off_pred, br_off_pred = (_head(heads, n) for n in HEAD_OUTPUTS)
     # Each heatmap is normalised by its own number of corners (cells equal to 1, counted per class).
     tl_det = gaussian_focal_loss(
         tl_heat.sigmoid(), targets.tl_heatmap, avg_factor=max(1.0, float(targets.tl_heatmap.eq(1).sum()))
@@ -168,10 +170,10 @@ def corner_losses_single(
         br_heat.sigmoid(), targets.br_heatmap, avg_factor=max(1.0, float(targets.br_heatmap.eq(1).sum()))
     )
     pull, push = associative_embedding_loss(
-        _head(heads, "tl_emb"), _head(heads, "br_emb"), targets.corner_embedding, pull_weight, push_weight
+        tl_emb, br_emb, targets.corner_embedding, pull_weight, push_weight
     )
-    tl_off = offset_loss(_head(heads, "tl_off"), targets.tl_offset, targets.tl_heatmap)
-    br_off = offset_loss(_head(heads, "br_off"), targets.br_offset, targets.br_heatmap)
+    tl_off = offset_loss(tl_off_pred, targets.tl_offset, targets.tl_heatmap)
+    br_off = offset_loss(br_off_pred, targets.br_offset, targets.br_heatmap)
     return {
         "det_loss": (tl_det + br_det) / 2.0,
         "pull_loss": pull,

@@ -7,6 +7,8 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
+from runtime.names import HEAD_OUTPUTS
+
 from .config import ModelConfig
 from .corner_pool import CornerPool
 from .layers import ConvModule
@@ -28,7 +30,8 @@ class HeadOutputs(NamedTuple):
     br_off: Tensor  # [N, 2, H, W]
 
 
-HEAD_OUTPUTS: tuple[str, ...] = HeadOutputs._fields
+if HeadOutputs._fields != HEAD_OUTPUTS:  # the names live in runtime.names; the fields must follow them
+    raise ImportError(f"HeadOutputs fields {HeadOutputs._fields} differ from runtime.names.HEAD_OUTPUTS")
 
 
 class BiCornerPool(nn.Module):
