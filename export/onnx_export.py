@@ -213,10 +213,6 @@ def set_metadata(model: ModelProto, props: dict[str, str]) -> None:
         entry.key, entry.value = key, merged[key]
 
 
-def get_metadata(model: ModelProto) -> dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}
-
-
 def export_info(opset: int, corner_pool: str) -> dict[str, Any]:
     """Versions and options recorded under :data:`EXPORT_KEY`."""
     import onnxscript
