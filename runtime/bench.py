@@ -1,10 +1,12 @@
 """``python -m runtime.bench MODEL [MODEL ...]``: speed of checkpoints, ONNX files and engines side by side.
 
 Every model runs the same images in the same batches (grouped by padded shape, as ``runtime.eval`` does),
-one model at a time. Per batch it times the network alone (``backend.infer``: host->device copy,
-inference, device->host copy) and end to end (reading + pre-processing the images, inference and
-decoding), serially on one thread. It prints images/s and latency percentiles per batch for both, and
-each model's speed relative to the first.
+one model at a time, through the same overlapped stream as ``runtime.eval`` (``runtime.Detector.stream``):
+images are read and pre-processed in threads while the network runs, and decoded in another thread, so
+memory stays bounded however many images there are. It prints the network alone (``backend.infer``:
+host->device copy, inference, device->host copy; images/s and latency percentiles per batch), the whole
+stream's images/s, how much of the wall time the network was busy (near 100% means the host keeps up),
+host ms per image for pre-processing and decoding, and each model's speed relative to the first.
 
 Examples::
 
@@ -15,41 +17,41 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
-import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from runtime.backends import Backend, open_backend
+from runtime.backends import backend_options
 from runtime.cli import parser_from_doc, run_cli, write_json
+from runtime.detector import Detector, StageTimes
 from runtime.errors import EXIT_OK, UserError
-from runtime.pipeline import Prepared, Timings, batches_by_shape, prepare, run_batch
 
 PERCENTILES = (50, 90, 99)
 
 
 @dataclass
 class BenchResult:
-    """One model's numbers: seconds per timed batch, network alone and end to end."""
+    """One model's numbers: network seconds per timed batch, and the stream's stage times."""
 
     model: str
     backend: str
     precision: str
     device: str
-    images: int  # images in the timed batches
-    infer_s: list[float]
-    e2e_s: list[float]
+    images: int  # images in the timed stream
+    infer_s: list[float]  # network time of each timed batch
+    times: StageTimes
 
     def summary(self) -> dict[str, Any]:
-        def stats(seconds: list[float]) -> dict[str, float]:
-            ms = 1e3 * np.asarray(seconds)
-            d = {f"p{q}_ms": float(np.percentile(ms, q)) for q in PERCENTILES}
-            d["fps"] = self.images / float(np.sum(seconds)) if np.sum(seconds) > 0 else 0.0
-            return d
-
+        ms = 1e3 * np.asarray(self.infer_s or [0.0])
+        network = {f"p{q}_ms": float(np.percentile(ms, q)) for q in PERCENTILES}
+        total = float(np.sum(self.infer_s))
+        network["fps"] = self.images / total if total > 0 else 0.0
         return {
             "model": self.model,
             "backend": self.backend,
@@ -57,8 +59,8 @@ class BenchResult:
             "device": self.device,
             "batches": len(self.infer_s),
             "images": self.images,
-            "network": stats(self.infer_s),
-            "end_to_end": stats(self.e2e_s),
+            "network": network,
+            "end_to_end": self.times.per_image_ms(),
         }
 
 
@@ -77,54 +79,55 @@ def list_images(images: str | None, coco: str | None) -> list[Path]:
 
 
 def bench_model(
-    backend: Backend, paths: list[Path], batch: int, warmup: int, iters: int | None
+    detector: Detector, paths: list[Path], warmup: int, iters: int | None, progress: bool = False
 ) -> BenchResult:
-    """Time ``backend`` on ``paths``: ``warmup`` untimed batches, then ``iters`` timed ones (default one pass).
+    """Time ``detector`` on ``paths``: ``warmup`` untimed batches, then ``iters`` timed ones (default one pass).
 
-    Batches cycle over the images when ``iters`` exceeds their number. Each timed batch is read and
-    pre-processed again, so the end-to-end time is real work, not a cached result.
+    The images stream through :meth:`Detector.stream` exactly as in ``runtime.eval``: read and
+    pre-processed in threads while the network runs, decoded in another thread, never all in memory
+    (peak memory does not grow with the number of images). ``iters`` cycles over the images.
     """
-    prepared = [prepare(i, p, backend.meta, flip=False) for i, p in enumerate(paths)]
-    groups = [[p.key for p in b] for b in batches_by_shape(prepared, batch)]
-    n_timed = len(groups) if iters is None else iters
-    infer_s: list[float] = []
-    e2e_s: list[float] = []
-    images = 0
-    for step in range(warmup + n_timed):
-        keys = groups[step % len(groups)]
-        t0 = time.perf_counter()
-        batch_items: list[Prepared] = [prepare(k, paths[k], backend.meta, flip=False) for k in keys]
-        timings = Timings()
-        run_batch(backend, batch_items, timings)
-        total = time.perf_counter() - t0
-        if step >= warmup:
-            infer_s.append(timings.inference)
-            e2e_s.append(total)
-            images += len(keys)
+    batch = detector.batch_size
+    if warmup:
+        for _ in detector.stream(itertools.islice(itertools.cycle(paths), warmup * batch)):
+            pass
+    timed: Iterable[Path] = paths if iters is None else itertools.islice(itertools.cycle(paths), iters * batch)
+    count = len(paths) if iters is None else iters * batch
+    with tqdm(total=count, desc="bench", unit="img", disable=not progress, leave=False) as bar:
+        for _ in detector.stream(timed):
+            bar.update(1)
+    times = detector.times
     return BenchResult(
         "",
-        backend.name,
-        str(backend.info.get("precision", "fp32")),
-        _device(backend),
-        images,
-        infer_s,
-        e2e_s,
+        detector.name,
+        str(detector.info.get("precision", "fp32")),
+        _device(detector.info),
+        times.images,
+        list(times.batch_seconds),
+        times,
     )
 
 
-def _device(backend: Backend) -> str:
-    """``cpu``/``cuda:0`` from the backend's info (ONNX Runtime names its first execution provider)."""
-    if backend.info.get("device"):
-        return str(backend.info["device"])
-    providers = backend.info.get("providers") or ["?"]
+def _device(info: dict[str, Any]) -> str:
+    """``cpu``/``cuda:0`` from a backend's info (ONNX Runtime names its first execution provider)."""
+    if info.get("device"):
+        return str(info["device"])
+    providers = info.get("providers") or ["?"]
     return str(providers[0]).replace("ExecutionProvider", "").lower()
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
-    """Side-by-side table: network-only and end-to-end fps and latency percentiles, speed vs the first model."""
+    """Side-by-side table: network-only fps and per-batch latency, the overlapped stream's fps, how busy the
+    network was, and each model's speed relative to the first."""
     pct = "".join(f" {f'p{q}':>7}" for q in PERCENTILES)
-    head = f"{'model':<28} {'backend':<11} {'device':<6} {'prec':<4} {'imgs':>5} | {'fps':>8}{pct} | {'fps e2e':>8}{pct} | {'vs 1st':>6} {'e2e':>6}"
-    sub = f"{'':<28} {'':<11} {'':<6} {'':<4} {'':>5} | {'network only (ms per batch)':<{8 + 8 * len(PERCENTILES)}} | {'with pre-process + decode':<{8 + 8 * len(PERCENTILES)}} |"
+    head = (
+        f"{'model':<28} {'backend':<11} {'device':<6} {'prec':<4} {'imgs':>5} | {'fps':>8}{pct} "
+        f"| {'fps e2e':>8} {'busy':>5} {'pre':>6} {'dec':>6} | {'vs 1st':>6} {'e2e':>6}"
+    )
+    sub = (
+        f"{'':<28} {'':<11} {'':<6} {'':<4} {'':>5} | {'network only (ms per batch)':<{8 + 8 * len(PERCENTILES)}} "
+        f"| {'stream: ms/img per stage':<29} |"
+    )
     lines = [head, sub, "-" * len(head)]
     base = results[0]
     for r in results:
@@ -136,8 +139,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
         lines.append(
             f"{name:<28} {r['backend']:<11} {r['device']:<6} {r['precision']:<4} {r['images']:>5} | {net['fps']:>8.2f}"
             + "".join(f" {net[f'p{q}_ms']:>7.1f}" for q in PERCENTILES)
-            + f" | {e2e['fps']:>8.2f}"
-            + "".join(f" {e2e[f'p{q}_ms']:>7.1f}" for q in PERCENTILES)
+            + f" | {e2e['fps']:>8.2f} {100 * e2e['network_busy']:>4.0f}% {e2e['preprocess_ms']:>6.1f} {e2e['decode_ms']:>6.1f}"
             + f" | {ratio:>5.2f}x {ratio_e2e:>5.2f}x"
         )
     return "\n".join(lines)
@@ -175,6 +177,11 @@ def make_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="TensorRT engines: replay a captured CUDA graph while the shape stays the same",
     )
+    p.add_argument("--plugin", metavar="LIB", help="TensorRT engines: the CornerPool plugin library")
+    p.add_argument(
+        "--workers", type=int, default=2, metavar="N", help="reading/pre-processing threads (default 2)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--report", metavar="FILE", help="also write the numbers as JSON")
     return p
 
@@ -187,19 +194,14 @@ def run(args: argparse.Namespace) -> int:
         or (args.limit is not None and args.limit < 1)
     ):
         raise UserError("--batch, --iters and --limit must be at least 1, --warmup at least 0")
+    if args.workers < 0:
+        raise UserError("--workers must be at least 0")
     paths = list_images(args.images, args.coco)[: args.limit]
     results = []
     for model in args.models:
-        kwargs: dict[str, Any] = (
-            {"cuda_graph": True}
-            if args.cuda_graph and Path(model).suffix.lower() in (".plan", ".engine")
-            else {}
-        )
-        backend = open_backend(model, device=args.device, **kwargs)
-        try:
-            res = bench_model(backend, paths, args.batch, args.warmup, args.iters)
-        finally:
-            backend.close()
+        options = backend_options(model, cuda_graph=args.cuda_graph, plugin=args.plugin)
+        with Detector(model, device=args.device, batch_size=args.batch, workers=args.workers, **options) as det:
+            res = bench_model(det, paths, args.warmup, args.iters, progress=not args.no_progress)
         res.model = str(model)
         results.append(res.summary())
         print(

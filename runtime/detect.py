@@ -23,13 +23,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from runtime.backends import open_backend
+from runtime.backends import backend_options
 from runtime.cli import MODEL_HELP, parser_from_doc, run_cli
 from runtime.decode import Detections
+from runtime.detector import Detector
 from runtime.draw import draw_detections
 from runtime.errors import EXIT_OK, UserError
 from runtime.image_io import IMAGE_SUFFIXES, read_image, write_image
-from runtime.pipeline import prepare_image, run_batch
 
 _KEEP_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -53,6 +53,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action="store_true", help="flip test-time augmentation (mmdet's merge)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N images of a folder (name order)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        metavar="N",
+        help="images per inference; only images with the same padded shape share a batch (default 1)",
+    )
+    p.add_argument("--plugin", metavar="LIB", help="TensorRT engines: the CornerPool plugin library")
     return p
 
 
@@ -93,8 +101,8 @@ def _summary(dets: Detections, classes: tuple[str, ...], score_thr: float) -> st
 def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.score_thr <= 1.0:
         raise UserError(f"--score-thr {args.score_thr}: must be between 0 and 1")
-    if args.limit is not None and args.limit < 1:
-        raise UserError("--limit must be at least 1")
+    if (args.limit is not None and args.limit < 1) or args.batch < 1:
+        raise UserError("--limit and --batch must be at least 1")
     source, out_dir = Path(args.input), Path(args.out_dir)
     paths = list_images(source, args.limit)
     in_dir = source if source.is_dir() else source.parent
@@ -109,30 +117,30 @@ def run(args: argparse.Namespace) -> int:
             f"--out-dir {out_dir}: cannot create the folder ({e.strerror or e}); choose another"
         ) from None
 
-    skipped = 0
-    with open_backend(args.model, device=args.device) as backend:
-        classes = backend.meta.classes
-        for key, path in enumerate(paths):
-            t0 = time.perf_counter()
-            try:
-                image = read_image(path)
-            except UserError as e:
-                if source.is_file():
-                    raise
-                skipped += 1
-                print(f"warning: skipping {e}", file=sys.stderr)
-                continue
-            prepared = prepare_image(key, path, image, backend.meta, args.flip)
-            dets = run_batch(backend, [prepared]).detections[0]
+    skipped: list[str] = []
+
+    def on_skip(path: str, reason: str) -> None:
+        if source.is_file():  # one named image that cannot be read is an error, not a warning
+            raise UserError(reason)
+        skipped.append(path)
+        print(f"warning: skipping {reason}", file=sys.stderr)
+
+    options = backend_options(args.model, cuda_graph=False, plugin=args.plugin)
+    with Detector(args.model, device=args.device, flip=args.flip, batch_size=args.batch, **options) as det:
+        t0 = time.perf_counter()
+        for result in det.stream(paths, on_skip=on_skip):
+            path = Path(str(result.source))
             target = out_dir / output_name(path)
-            write_image(target, draw_detections(image, dets, classes, args.score_thr))
+            write_image(target, draw_detections(read_image(path), result.detections(), det.classes, args.score_thr))
             ms = 1e3 * (time.perf_counter() - t0)
-            print(f"{path}: {_summary(dets, classes, args.score_thr)} -> {target} ({ms:.0f} ms)")
-    if skipped == len(paths):
+            print(f"{path}: {_summary(result.detections(), det.classes, args.score_thr)} -> {target} ({ms:.0f} ms)")
+            t0 = time.perf_counter()
+    skipped_count = len(skipped)
+    if skipped_count == len(paths):
         raise UserError(f"{source}: none of the {len(paths)} images could be read; see the warnings above")
-    if skipped:
-        print(f"warning: skipped {skipped} of {len(paths)} images (unreadable)", file=sys.stderr)
-    written = len(paths) - skipped
+    if skipped_count:
+        print(f"warning: skipped {skipped_count} of {len(paths)} images (unreadable)", file=sys.stderr)
+    written = len(paths) - skipped_count
     print(f"wrote    {written} picture{'' if written == 1 else 's'} to {out_dir}")
     return EXIT_OK
 

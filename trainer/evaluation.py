@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from runtime.backends.pytorch import ModelBackend
 from runtime.coco import CocoSet, check_classes, evaluate, to_coco_results
+from runtime.detector import Detector
 from runtime.meta import ModelMeta
-from runtime.pipeline import batches_by_shape, prepared_images, run_batch
 from trainer.distributed import DistInfo
 from trainer.model import CornerNet
 
@@ -52,19 +52,19 @@ def evaluate_model(
     backend = ModelBackend(model, meta, info.device, amp_dtype)
     results: list[dict[str, Any]] = []
     evaluated: list[int] = []
+    ids = {str(im.path): im.id for im in mine}
     was_training = model.training
     model.eval()
     try:
-        items = [(im.id, im.path) for im in mine]
+        det = Detector(backend, flip=flip, batch_size=batch, workers=workers)
         with tqdm(
-            total=len(items), desc="eval", unit="img", disable=not (progress and info.is_main), leave=False
+            total=len(mine), desc="eval", unit="img", disable=not (progress and info.is_main), leave=False
         ) as bar:
-            for group in batches_by_shape(prepared_images(items, meta, flip, workers), batch):
-                res = run_batch(backend, group)
-                for key, det in zip(res.keys, res.detections, strict=True):
-                    results += to_coco_results(key, det.boxes, det.scores, det.labels, coco.category_ids)
-                    evaluated.append(key)
-                bar.update(len(group))
+            for r in det.stream([im.path for im in mine]):
+                key = ids[str(r.source)]
+                results += to_coco_results(key, r.boxes, r.scores, r.labels, coco.category_ids)
+                evaluated.append(key)
+                bar.update(1)
     finally:
         model.train(was_training)
     gathered = info.all_gather_object((evaluated, results))
