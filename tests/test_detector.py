@@ -118,7 +118,7 @@ def test_unreadable_images_skip_or_raise(golden_dir: Path, golden_onnx: Path, tm
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
     good = _images(golden_dir)[1]
     with Detector(golden_onnx) as det:
-        with pytest.raises(UserError, match="broken.jpg"):
+        with pytest.raises(UserError, match=r"broken\.jpg"):
             det(bad)
         skipped: list[str] = []
         results = list(det.stream([good, bad, good], on_skip=lambda src, why: skipped.append(src)))
