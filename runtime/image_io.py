@@ -47,12 +47,25 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     Raises:
         UserError: missing, empty, unreadable or undecodable file (one line naming the file).
     """
-    buf = _read_bytes(path)
+    return decode_image(_read_bytes(path), str(path))
+
+
+def decode_image(data: bytes | np.ndarray, where: str) -> np.ndarray:
+    """Decode an encoded image (the bytes of a JPEG/PNG/... file) as :func:`read_image` does: ``(H, W, 3)`` uint8 RGB.
+
+    ``where`` names the source in the error (a path, or e.g. ``"request input 'image'"`` when served).
+
+    Raises:
+        UserError: empty or undecodable bytes.
+    """
+    buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    if buf.size == 0:
+        raise UserError(f"{where}: image is empty (0 bytes); send the encoded file's bytes (JPEG, PNG, ...)")
     # IMREAD_COLOR is mmcv's 'color' flag: BGR, 8-bit, 3 channels whatever the file holds.
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if bgr is None:
         raise UserError(
-            f"{path}: not a decodable image (corrupt, truncated or not an image format OpenCV reads); "
+            f"{where}: not a decodable image (corrupt, truncated or not an image format OpenCV reads); "
             "re-export or remove the file"
         )
     return np.ascontiguousarray(bgr[:, :, ::-1])
