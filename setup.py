@@ -14,6 +14,8 @@ setup(
         # torch: CI and CPU machines install the CPU build as `torch==2.13.0` before this package.
         "torch>=2.13,<2.14",
         "numpy>=1.26,<3",
+        # Compiles the host post-processing (runtime/*_fast.py); 0.68 needs numpy < 2.6.
+        "numba>=0.68,<0.69",
         "opencv-python-headless>=4.10,<6",
         "onnx>=1.23,<1.24",
         "onnxscript>=0.7.2,<0.8",

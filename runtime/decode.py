@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from runtime.decode_fast import cells_above, kth_peak, pair_top
 from runtime.names import HEAD_OUTPUTS, PROPOSAL_OUTPUTS
 from runtime.preprocess import ImageMeta
 
@@ -236,35 +237,17 @@ def _sigmoid_cut(t: np.float32) -> np.float32 | None:
     return None
 
 
-def _high_peaks(flat: np.ndarray, hmax: np.ndarray, k: int) -> np.ndarray:
-    """Values of (at least ``k``, when there are) logit local maxima, taken from the high end.
-
-    Gathering every peak of a noisy map is the slow part (about 1 cell in 10 is a peak), so first
-    try only cells above a level that a strided sample puts about ``64 k`` cells above. Which peaks
-    are returned affects speed only: the caller uses their k-th best as a lower bound.
-    """
-    is_peak = flat == hmax
-    stride = max(1, flat.size // 16384)
-    sample = flat[::stride]
-    rank = (64 * k) // stride
-    if rank < sample.size:
-        level = -np.partition(np.negative(sample), rank)[rank]
-        high = flat[is_peak & (flat >= level)]
-        if high.size >= k:
-            return high
-    return flat[is_peak]
-
-
 def topk_corners(logits: np.ndarray, k: int = 100, kernel: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of mmdet's ``get_local_maximum(sigmoid(logits))`` over the flattened ``(C, H, W)`` map.
 
-    Exactly the top-k of the literal computation (ties: lower flat index first), without taking the
-    sigmoid of every cell. Because the sigmoid is non-decreasing, the window maximum of the sigmoid
-    is the sigmoid of the logits' window maximum, and every logit local maximum survives the
-    suppression. The k-th best logit peak ``t`` thus bounds the answer from below: no cell whose
-    logit is at most a cut ``tau`` with ``sigmoid(tau) < sigmoid(t)`` can enter the top k. Only the
-    cells above the cut (a few hundred in practice) get the sigmoid and the exact keep test
-    ``sigmoid(x) == sigmoid(window max)``. Where the sigmoid saturates, the literal path runs.
+    Exactly the top-k of the literal computation (:func:`_topk_dense`; ties: lower flat index first),
+    without taking the sigmoid of every cell. Because the sigmoid is non-decreasing, the window
+    maximum of the sigmoid is the sigmoid of the logits' window maximum, and every logit local
+    maximum survives the suppression. The k-th best logit peak ``t`` thus bounds the answer from
+    below: no cell whose logit is at most a cut ``tau`` with ``sigmoid(tau) < sigmoid(t)`` can enter
+    the top k. Only the cells above the cut (a few hundred in practice) get the sigmoid and the exact
+    keep test ``sigmoid(x) == sigmoid(window max)``. Where the sigmoid saturates, the literal path
+    runs. The two scans over the map are compiled (:mod:`runtime.decode_fast`).
 
     Args:
         logits: ``(C, H, W)`` float32 heatmap logits, finite.
@@ -274,21 +257,23 @@ def topk_corners(logits: np.ndarray, k: int = 100, kernel: int = 3) -> tuple[np.
     Returns:
         ``(scores (k,) float32, inds (k,) int64)``, best first.
     """
-    flat = logits.reshape(-1)
-    if not 0 < k <= flat.size:
-        raise ValueError(f"corner top-k needs 0 < k <= {flat.size} (C*H*W), got k={k}")
-    hmax = window_max(logits, kernel).reshape(-1)
-    peaks = _high_peaks(flat, hmax, k)
-    if peaks.size < k:
-        return _topk_dense(logits, k, kernel)
-    # Any k peaks bound the answer; the k best give the tightest cut.
-    t = -np.partition(np.negative(peaks), k - 1)[k - 1]
-    tau = _sigmoid_cut(np.float32(t))
+    x = np.ascontiguousarray(logits, dtype=np.float32)
+    if x.ndim != 3:
+        raise ValueError(f"corner heatmap logits must be (C, H, W), got shape {x.shape}")
+    if not 0 < k <= x.size:
+        raise ValueError(f"corner top-k needs 0 < k <= {x.size} (C*H*W), got k={k}")
+    if kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"local maximum kernel must be odd and positive, got {kernel}")
+    r = (kernel - 1) // 2
+    t = np.float32(kth_peak(x, k, r))
+    if np.isnan(t):  # fewer than k peaks
+        return _topk_dense(x, k, kernel)
+    tau = _sigmoid_cut(t)
     if tau is None:
-        return _topk_dense(logits, k, kernel)
-    cand = np.flatnonzero(flat > tau)  # ascending, so index order breaks ties as on the full map
-    s = sigmoid(flat[cand])
-    vals = np.where(s == sigmoid(hmax[cand]), s, np.float32(0.0))
+        return _topk_dense(x, k, kernel)
+    cand, vals, maxs = cells_above(x, tau, r)  # ascending, so index order breaks ties as on the full map
+    s = sigmoid(vals)
+    vals = np.where(s == sigmoid(maxs), s, np.float32(0.0))
     sel = topk_indices(vals, k)
     return vals[sel], cand[sel]
 
@@ -376,6 +361,11 @@ def _corner_coords(
     return classes, xs, ys
 
 
+def _contiguous(dtype: type):
+    """``a -> np.ascontiguousarray(a, dtype)``: the exact array types the compiled kernels take."""
+    return lambda a: np.ascontiguousarray(a, dtype=dtype)
+
+
 def pair_corners(
     props: CornerProposals,
     meta: ImageMeta,
@@ -398,6 +388,31 @@ def pair_corners(
     Returns:
         Up to ``num_dets`` detections in the view's own pixels, best first, not yet NMS-ed.
     """
+    kt, kb = props.tl_scores.shape[0], props.br_scores.shape[0]
+    if kt == 0 or kb == 0:
+        return Detections.empty()
+    if num_dets < 1:
+        raise ValueError(f"num_dets must be at least 1, got {num_dets}")
+    tl_cls, tl_xs, tl_ys = _corner_coords(props.tl_inds, props.tl_offs, props.feat_shape, meta)
+    br_cls, br_xs, br_ys = _corner_coords(props.br_inds, props.br_offs, props.feat_shape, meta)
+    f32, i64 = _contiguous(np.float32), _contiguous(np.int64)
+    top, scores = pair_top(
+        f32(props.tl_scores), i64(tl_cls), f32(tl_xs), f32(tl_ys), f32(props.tl_embs),
+        f32(props.br_scores), i64(br_cls), f32(br_xs), f32(br_ys), f32(props.br_embs),
+        np.float32(distance_threshold), _VALID_SCORE, num_dets,
+    )  # fmt: skip
+    ti, bj = top // kb, top % kb
+    boxes = np.stack([tl_xs[ti], tl_ys[ti], br_xs[bj], br_ys[bj]], axis=1)
+    return Detections(boxes=boxes, scores=scores, labels=tl_cls[ti])
+
+
+def pair_corners_reference(
+    props: CornerProposals,
+    meta: ImageMeta,
+    distance_threshold: float = 0.5,
+    num_dets: int = 1000,
+) -> Detections:
+    """:func:`pair_corners` in numpy, the ``[k, k]`` grids literally: the reference for the tests."""
     kt, kb = props.tl_scores.shape[0], props.br_scores.shape[0]
     if kt == 0 or kb == 0:
         return Detections.empty()

@@ -1,0 +1,146 @@
+"""Compiled gaussian soft-NMS: the results of :func:`runtime.soft_nms.soft_nms_reference`, bit for bit.
+
+:func:`soft_nms_kernel` is mmcv's loop (the facts that decide its output are listed in
+:mod:`runtime.soft_nms`) with two changes that cannot alter a result:
+
+- Each step first computes the weight of every remaining box in one branch-free loop the compiler
+  vectorises, then walks the positions in mmcv's order to apply the weights and remove the boxes
+  that fall below ``min_score``. A box moved from the last position into a hole carries its weight
+  along: a weight depends only on the two boxes, not on positions.
+- The best score for the next step is tracked during that walk, in position order and with mmcv's
+  strict ``<`` comparison, so it is the box mmcv's scan would find (the first of equal maxima; a
+  NaN at the first position stays, a NaN elsewhere is never taken).
+
+The weight is ``float32(exp(float64(-(iou * iou) / sigma)))`` with the IoU and the argument in
+float32, as the numpy reference computes it. The C library's ``exp`` costs more than the rest of a
+step together, so :func:`_exp_or_nan` evaluates it with a polynomial that vectorises and returns
+NaN wherever its float32 rounding could differ from the library's; the walk then calls the library
+(one argument in about a million, and every argument outside ``[-10, 0]``, which needs a
+``sigma`` below 0.1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from runtime.jit import inline, kernel
+
+_INV_LN2 = 1.4426950408889634
+# ln 2 split so that k * _LN2_HI is exact for |k| < 2^20 (fdlibm's constants).
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+# Adding and subtracting 1.5 * 2^52 rounds a double of magnitude < 2^51 to an integer.
+_ROUND = 6755399441055744.0
+_C = [1.0 / math.factorial(j) for j in range(13)]
+_C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12 = _C
+# exp(r) for |r| <= ln2 / 2 by Taylor's degree-12 polynomial: truncation < 2^-51; the roundings of
+# Estrin's evaluation (depth 8) < 2^-50 times sum |c_i r^i| / p(r) <= e^ln2 = 2, so < 2^-49; with r's
+# own error the double is within 2^-48.5 of exp(a) relatively, and the C library's exp within one
+# double ulp (2^-52). If both ends of d * (1 -+ 2^-47) round to the same float32, the library's
+# value, which lies between them, rounds there too.
+_BELOW = 1.0 - 2.0**-47
+_ABOVE = 1.0 + 2.0**-47
+
+
+@inline
+def _exp_or_nan(arg):  # pragma: no cover - compiled
+    """``float32(exp(float64(arg)))`` for a float32 ``arg``, or NaN where the library must decide."""
+    a = np.float64(arg)
+    ok = (a >= -10.0) & (a <= 0.0)  # False for NaN too
+    a = a if ok else 0.0
+    kd = (a * _INV_LN2 + _ROUND) - _ROUND  # a = k ln2 + r with k = kd in [-15, 0]
+    r = (a - kd * _LN2_HI) - kd * _LN2_LO
+    # Estrin's scheme: a short dependency chain, so the vectorised loop is not latency-bound.
+    r2 = r * r
+    r4 = r2 * r2
+    r8 = r4 * r4
+    s0 = (_C0 + _C1 * r) + (_C2 + _C3 * r) * r2
+    s1 = (_C4 + _C5 * r) + (_C6 + _C7 * r) * r2
+    s2 = (_C8 + _C9 * r) + (_C10 + _C11 * r) * r2
+    p = (s0 + s1 * r4) + (s2 + _C12 * r4) * r8
+    # 2^k from the bits of -k, by selects rather than a table lookup, so the loop stays vectorised.
+    k = -np.int64(kd)
+    scale = (0.5 if k & 1 else 1.0) * (0.25 if k & 2 else 1.0)
+    scale = scale * ((0.0625 if k & 4 else 1.0) * (0.00390625 if k & 8 else 1.0))
+    d = p * scale  # exact: a power of two
+    f = np.float32(d)
+    ok = ok & (np.float32(d * _BELOW) == f) & (np.float32(d * _ABOVE) == f)
+    return f if ok else np.float32(np.nan)
+
+
+@kernel("void(float32[::1], float32[::1])")
+def exp_float32(args, out):  # pragma: no cover - compiled
+    """``out = float32(exp(float64(args)))`` elementwise, as the soft-NMS kernel computes its weights."""
+    for j in range(args.shape[0]):
+        out[j] = _exp_or_nan(args[j])
+    for j in range(args.shape[0]):
+        if out[j] != out[j]:
+            out[j] = np.float32(math.exp(np.float64(args[j])))
+
+
+@kernel(
+    "Tuple((int64[::1], float32[::1]))"
+    "(float32[::1], float32[::1], float32[::1], float32[::1], float32[::1], float32, float32)"
+)
+def soft_nms_kernel(x1, y1, x2, y2, scores, sigma, min_score):  # pragma: no cover - compiled
+    """mmcv's soft-NMS on ``(N,)`` float32 columns (N >= 1); returns ``(keep (M,), new_scores (M,))``."""
+    n = scores.shape[0]
+    # Columns by position, swapped and overwritten as mmcv does.
+    px1, py1, px2, py2 = x1.copy(), y1.copy(), x2.copy(), y2.copy()
+    area = (px2 - px1) * (py2 - py1)
+    sc = scores.copy()
+    idx = np.arange(n)
+    out = np.empty(n, np.float32)
+    arg = np.empty(n, np.float32)
+    wt = np.empty(n, np.float32)
+    zero = np.float32(0.0)
+
+    best = 0
+    for p in range(1, n):
+        if sc[best] < sc[p]:
+            best = p
+    i = 0
+    while i < n:
+        px1[i], px1[best] = px1[best], px1[i]
+        py1[i], py1[best] = py1[best], py1[i]
+        px2[i], px2[best] = px2[best], px2[i]
+        py2[i], py2[best] = py2[best], py2[i]
+        area[i], area[best] = area[best], area[i]
+        sc[i], sc[best] = sc[best], sc[i]
+        idx[i], idx[best] = idx[best], idx[i]
+        out[i] = sc[i]
+        bx1, by1, bx2, by2, barea = px1[i], py1[i], px2[i], py2[i], area[i]
+        i += 1
+        if i >= n:
+            break
+
+        for p in range(i, n):  # vectorised: no branches, no calls
+            w = max(zero, min(bx2, px2[p]) - max(bx1, px1[p]))
+            h = max(zero, min(by2, py2[p]) - max(by1, py1[p]))
+            inter = w * h
+            iou = inter / ((barea + area[p]) - inter)
+            a = -(iou * iou) / sigma
+            arg[p] = a
+            wt[p] = _exp_or_nan(a)
+
+        best = i
+        p = i
+        while p < n:
+            w = wt[p]
+            if w != w:
+                w = np.float32(math.exp(np.float64(arg[p])))
+            s = sc[p] * w
+            if s < min_score:  # replaced by the last box, which is examined at p in turn
+                last = n - 1
+                px1[p], py1[p], px2[p], py2[p] = px1[last], py1[last], px2[last], py2[last]
+                area[p], sc[p], idx[p] = area[last], sc[last], idx[last]
+                arg[p], wt[p] = arg[last], wt[last]
+                n -= 1
+            else:
+                sc[p] = s
+                if sc[best] < s:
+                    best = p
+                p += 1
+    return idx[:n].copy(), out[:n].copy()
