@@ -27,6 +27,7 @@ from runtime.matching import box_iou, match_detections
 from runtime.meta import TestConfig
 from runtime.postprocess import decode_heads, postprocess, unflip_boxes
 from runtime.preprocess import ImageMeta
+from tests.data.golden_codec import golden_images
 
 F = np.float32
 CFG = TestConfig()
@@ -57,7 +58,7 @@ def golden_heads(golden_dir: Path, golden_records) -> dict[str, dict[str, np.nda
         }
 
 
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", range(len(golden_images())))
 def test_golden_detections(index, golden_records, golden_heads):
     record = golden_records[index]
     meta = ImageMeta(tuple(record["ori_shape"]), tuple(record["pad_shape"]), tuple(record["border"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,20 +14,16 @@ from runtime.errors import UserError
 from runtime.image_io import read_image
 from runtime.meta import MMDET_MEAN_RGB, MMDET_STD_RGB
 from runtime.preprocess import batch_inputs, feature_shape, pad_shape_for, preprocess
+from tests.data.golden_codec import INPUT_SHA256, golden_images
 
-GOLDEN_IMAGES = [
-    "synthetic_0_300x400.png",
-    "synthetic_1_255x383.png",
-    "synthetic_2_420x300.jpg",
-    "astronaut.png",
-    "coffee.png",
-]
+GOLDEN_IMAGES = golden_images()
 
 
 @pytest.fixture(scope="module")
 def golden_outputs(golden_dir: Path) -> dict[str, np.ndarray]:
+    """mmdet's network inputs kept as arrays (the others are kept as sha256 digests)."""
     with np.load(golden_dir / "outputs.npz") as z:
-        return {name: z[f"{name}/input"] for name in GOLDEN_IMAGES}
+        return {name: z[f"{name}/input"] for name in GOLDEN_IMAGES if f"{name}/input" in z.files}
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +38,20 @@ def golden_dets(golden_dir: Path) -> dict[str, dict]:
 def test_input_bit_exact_with_mmdet(name, golden_dir, golden_info, golden_outputs):
     image = read_image(golden_dir / "coco" / "images" / name)
     chw, _ = preprocess(image, golden_info["mean_rgb"], golden_info["std_rgb"])
-    ref = golden_outputs[name][0]  # [3, H, W]
-    assert chw.dtype == np.float32 and chw.shape == ref.shape
-    # Compare the bits, so that -0.0 vs 0.0 or a 1-ulp difference would fail too.
-    assert np.array_equal(chw.view(np.uint32), ref.view(np.uint32))
+    assert chw.dtype == np.float32
+    if name in golden_outputs:  # mmdet's array, where kept: a failure shows where it differs
+        ref = golden_outputs[name][0]  # [3, H, W]
+        assert chw.shape == ref.shape
+        # Compare the bits, so that -0.0 vs 0.0 or a 1-ulp difference would fail too.
+        assert np.array_equal(chw.view(np.uint32), ref.view(np.uint32))
+    # The sha256 of mmdet's array (kept for every image) covers its bits too.
+    digest = json.loads((golden_dir / INPUT_SHA256).read_text())[name]
+    assert [1, *chw.shape] == digest["shape"]
+    assert hashlib.sha256(chw.tobytes()).hexdigest() == digest["sha256"]
+
+
+def test_an_input_array_is_kept(golden_outputs) -> None:
+    assert golden_outputs, "no network input array kept in tests/data/golden (make_golden_fixtures.KEEP_INPUTS)"
 
 
 @pytest.mark.parametrize("name", GOLDEN_IMAGES)

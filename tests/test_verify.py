@@ -68,7 +68,8 @@ def test_pth_and_onnx_give_identical_ap_and_verify_passes(
     v = ort["verify"]
     assert v["passed"] and v["reference"] == str(trained["ckpt"].resolve())  # found through the ONNX metadata
     assert all(abs(d) < 1e-9 for d in v["delta_ap"].values())
-    assert v["matched_rate"] == 1.0 and v["reference_detections"] == v["test_detections"] == 500
+    n = 100 * len(list(trained["images"].iterdir()))  # 100 detections per golden image
+    assert v["matched_rate"] == 1.0 and v["reference_detections"] == v["test_detections"] == n
     assert v["outputs"]["tl_embs"]["max_abs"] < 1e-4 and v["outputs"]["tl_offs"]["max_abs"] < 1e-4
     out = capsys.readouterr().out
     assert "+0.000" in out and "verify   PASSED" in out
