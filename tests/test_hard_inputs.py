@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime import detect, image_io
+from runtime import detect, detector, image_io
 from runtime import eval as eval_cli
 from runtime.backends.base import Backend
 from runtime.decode import HEAD_OUTPUTS, Detections
@@ -160,7 +160,7 @@ def test_huge_image_with_a_stub_network(
             heads["br_heat"][:, 1, 3 * fh // 4, 3 * fw // 4] = 5.0
             return heads
 
-    monkeypatch.setattr(detect, "open_backend", lambda path, device=None: OnePair())
+    monkeypatch.setattr(detector, "open_backend", lambda path, device=None, **_: OnePair())
     yy, xx = np.mgrid[0:4000, 0:4000]
     image = np.dstack([(xx // 16) % 256, (yy // 16) % 256, np.full_like(xx, 60)]).astype(np.uint8)
     src = _write(tmp_path / "huge.jpg", image)
