@@ -34,6 +34,10 @@ setup(
         "gpu": ["tensorrt>=10.0,<12", "cuda-python>=12.6", "nvidia-cuda-nvcc", "nvidia-cuda-runtime", "nvidia-cuda-cccl"],
         # Only the CUDA compiler, to build the plugin's kernels on a machine without a GPU.
         "cuda-build": ["nvidia-cuda-nvcc", "nvidia-cuda-runtime", "nvidia-cuda-cccl"],
+        # Serving (export.to_triton, runtime.serve, TritonClient). The server binary on a CPU machine comes from
+        # `pip install --no-deps nvidia-pytriton==0.7.0`: only its binaries are used, and --no-deps keeps its
+        # numpy<2 pin out (the server's Python backend stub gets numpy<2 from `python -m runtime.serve --setup`).
+        "serve": ["tritonclient[http,grpc]>=2.50,<3", "protobuf>=4", "grpcio>=1.60"],
     },
     entry_points={
         "console_scripts": [

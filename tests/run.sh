@@ -7,7 +7,11 @@ cd "$(dirname "$0")/.."
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 python3 -m pip install -q "torch==2.13.0"
-python3 -m pip install -q -e ".[dev]"
+python3 -m pip install -q -e ".[dev,serve]"
+# A real Triton server for tests/test_triton.py: nvidia-pytriton's binary, --no-deps so its numpy<2 pin stays out;
+# its Python backend stub gets numpy<2 in a folder of its own.
+python3 -m pip install -q --no-deps "nvidia-pytriton==0.7.0"
+python3 -m runtime.serve --setup >/dev/null
 if ! command -v nvcc >/dev/null 2>&1 && [ -z "${CUDA_HOME:-}" ]; then
     python3 -m pip install -q -e ".[cuda-build]"
 fi
