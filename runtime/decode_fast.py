@@ -3,8 +3,9 @@
 Each kernel computes what the numpy reference in :mod:`runtime.decode` computes, with the same
 float32 operations in the same order, and only leaves out work that cannot change the result:
 
-- :func:`kth_peak` finds the k-th best logit local maximum in one pass with a size-k min-heap; a cell
-  no higher than the heap's minimum is never tested for being a peak.
+- :func:`kth_peak` finds the k-th best logit local maximum in one pass with a size-k min-heap; a row
+  with no cell above the heap's minimum is skipped after a vectorised count, and the window maxima
+  of the other rows are computed a row at a time, vectorised.
 - :func:`cells_above` lists the cells above a logit cut, in flat-index order, with their window
   maxima (computed only there).
 - :func:`pair_top` scores the pairs that pass mmdet's validity tests and orders them best first,
@@ -51,12 +52,39 @@ def _sift_down(heap, k):  # pragma: no cover - compiled
 
 
 @inline
-def _count_above(x, c, y, cut):  # pragma: no cover - compiled
-    """How many cells of row ``x[c, y]`` are strictly above ``cut`` (a loop the compiler vectorises)."""
+def _count_above(row, cut):  # pragma: no cover - compiled
+    """How many cells of a ``(W,)`` row are strictly above ``cut`` (a loop the compiler vectorises)."""
     m = 0
-    for xx in range(x.shape[2]):
-        m += x[c, y, xx] > cut
+    for j in range(row.shape[0]):
+        m += row[j] > cut
     return m
+
+
+@inline
+def _row_window_max(x, c, y, r, out, tmp):  # pragma: no cover - compiled
+    """``out[j]`` = max of ``x[c]`` over the window at ``(y, j)`` for a whole row, clipped to the map.
+
+    Separable, as :func:`runtime.decode.window_max`: the max over the window's rows, then over
+    ``2r + 1`` columns. Loops start at index 0 over slices, so the compiler vectorises them.
+    """
+    _, h, w = x.shape
+    top, bottom = max(0, y - r), min(h, y + r + 1)
+    first = x[c, top]
+    for j in range(w):
+        tmp[j] = first[j]
+    for yy in range(top + 1, bottom):
+        row = x[c, yy]
+        for j in range(w):
+            tmp[j] = max(tmp[j], row[j])
+    for j in range(w):
+        out[j] = tmp[j]
+    for d in range(1, r + 1):
+        left, right = out[: w - d], tmp[d:]  # out[j] and its neighbour d to the right
+        for j in range(w - d):
+            left[j] = max(left[j], right[j])
+        right, left = out[d:], tmp[: w - d]  # out[j + d] and its neighbour d to the left
+        for j in range(w - d):
+            right[j] = max(right[j], left[j])
 
 
 @kernel("float32(float32[:, :, ::1], int64, int64)")
@@ -69,17 +97,21 @@ def kth_peak(x, k, r):  # pragma: no cover - compiled
     """
     n_c, h, w = x.shape
     heap = np.empty(k, np.float32)
+    wmax = np.empty(w, np.float32)
+    tmp = np.empty(w, np.float32)
     size = 0
     for c in range(n_c):
         for y in range(h):
-            if size == k and _count_above(x, c, y, heap[0]) == 0:
+            row = x[c, y]
+            if size == k and _count_above(row, heap[0]) == 0:
                 continue
+            _row_window_max(x, c, y, r, wmax, tmp)
             for xx in range(w):
-                v = x[c, y, xx]
+                v = row[xx]
                 if size == k and not v > heap[0]:
                     continue  # cannot change the k-th largest
-                if _window_max(x, c, y, xx, r) > v:
-                    continue
+                if wmax[xx] > v:
+                    continue  # not a local maximum
                 if size < k:  # push, sifting up
                     j = size
                     size += 1
@@ -106,7 +138,7 @@ def cells_above(x, cut, r):  # pragma: no cover - compiled
     counts = np.empty(n_c * h, np.int64)
     for c in range(n_c):
         for y in range(h):
-            counts[c * h + y] = _count_above(x, c, y, cut)
+            counts[c * h + y] = _count_above(x[c, y], cut)
     m = counts.sum()
     inds = np.empty(m, np.int64)
     vals = np.empty(m, np.float32)

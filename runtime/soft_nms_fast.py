@@ -116,14 +116,17 @@ def soft_nms_kernel(x1, y1, x2, y2, scores, sigma, min_score):  # pragma: no cov
         if i >= n:
             break
 
-        for p in range(i, n):  # vectorised: no branches, no calls
-            w = max(zero, min(bx2, px2[p]) - max(bx1, px1[p]))
-            h = max(zero, min(by2, py2[p]) - max(by1, py1[p]))
+        # Vectorised: no branches, no calls, and indices from 0 over slices (an index that might be
+        # negative would be wrapped around, which turns the loads into gathers).
+        rx1, ry1, rx2, ry2, rarea, rarg, rwt = px1[i:n], py1[i:n], px2[i:n], py2[i:n], area[i:n], arg[i:n], wt[i:n]
+        for q in range(n - i):
+            w = max(zero, min(bx2, rx2[q]) - max(bx1, rx1[q]))
+            h = max(zero, min(by2, ry2[q]) - max(by1, ry1[q]))
             inter = w * h
-            iou = inter / ((barea + area[p]) - inter)
+            iou = inter / ((barea + rarea[q]) - inter)
             a = -(iou * iou) / sigma
-            arg[p] = a
-            wt[p] = _exp_or_nan(a)
+            rarg[q] = a
+            rwt[q] = _exp_or_nan(a)
 
         best = i
         p = i
