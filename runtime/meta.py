@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,9 +72,20 @@ class ModelMeta:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelMeta:
+    def from_dict(cls, d: dict[str, Any], where: str = "model metadata") -> ModelMeta:
+        """From :meth:`to_dict`'s output. Keys this version does not know are named in a warning
+        (``where`` says which file), then ignored: a newer writer's additions must not pass unseen."""
         known = {f.name for f in dataclasses.fields(TestConfig)}
-        test_cfg = TestConfig(**{k: v for k, v in d.get("test_cfg", {}).items() if k in known})
+        test_cfg_in = d.get("test_cfg", {})
+        unknown = [str(k) for k in d if k not in {f.name for f in dataclasses.fields(cls)}]
+        unknown += [f"test_cfg.{k}" for k in test_cfg_in if k not in known]
+        if unknown:
+            warnings.warn(
+                f"{where}: ignoring keys this version does not know ({', '.join(unknown)}); "
+                "written by a newer cornernet-deploy? upgrade it to use them",
+                stacklevel=2,
+            )
+        test_cfg = TestConfig(**{k: v for k, v in test_cfg_in.items() if k in known})
         return cls(
             classes=tuple(d["classes"]),
             mean=tuple(float(v) for v in d.get("mean", MMDET_MEAN_RGB)),  # type: ignore[arg-type]
@@ -86,8 +98,8 @@ class ModelMeta:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> ModelMeta:
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, where: str = "model metadata") -> ModelMeta:
+        return cls.from_dict(json.loads(text), where)
 
 
 # COCO's 80 detection classes in mmdet's order (used when an mmdet checkpoint carries no class names).

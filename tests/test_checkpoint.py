@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import warnings
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,45 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest
         save_checkpoint(path, model, cfg, meta, epoch=2)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]
+
+
+def test_meta_warns_about_keys_it_does_not_know(tmp_path: Path) -> None:
+    meta = ModelMeta(classes=("a", "b"), test_cfg=TestConfig(max_per_img=20))
+    d = meta.to_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # its own output round-trips silently
+        assert ModelMeta.from_dict(d) == meta
+    d["future_key"] = 1
+    d["test_cfg"]["nms_iou"] = 0.6
+    with pytest.warns(
+        UserWarning,
+        match=r"x\.json: ignoring keys this version does not know \(future_key, test_cfg\.nms_iou\)",
+    ):
+        assert ModelMeta.from_dict(d, where="x.json") == meta
+    # ... and a checkpoint's meta names the checkpoint
+    cfg = tiny(num_classes=2)
+    path = tmp_path / "newer.pth"
+    save_checkpoint(path, CornerNet(cfg), cfg, meta)
+    obj = torch.load(path, weights_only=True)
+    obj["meta"]["pad_value"] = 0
+    torch.save(obj, path)
+    with pytest.warns(UserWarning, match=rf"{path} meta: ignoring keys .*\(pad_value\)"):
+        assert load_checkpoint(path).meta == meta
+
+
+def test_our_format_with_a_damaged_part(tmp_path: Path) -> None:
+    cfg = tiny(num_classes=2)
+    path = tmp_path / "ours.pth"
+    save_checkpoint(path, CornerNet(cfg), cfg, ModelMeta(classes=("a", "b")))
+    obj = torch.load(path, weights_only=True)
+    obj["model_config"] = [1, 2]
+    torch.save(obj, path)
+    with pytest.raises(UserError, match=r"its 'model_config' is a list, not a dict"):
+        load_checkpoint(path)
+
+
+def test_class_names_must_be_names(golden_sd: dict, tmp_path: Path) -> None:
+    path = tmp_path / "names.pth"
+    torch.save({"meta": {"dataset_meta": {"classes": 3}}, "state_dict": golden_sd["state_dict"]}, path)
+    with pytest.raises(UserError, match="the class names in its meta are an int, not a list of names"):
+        load_checkpoint(path)

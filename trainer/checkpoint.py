@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from runtime.atomic_write import atomic_write
 from runtime.errors import UserError
 from runtime.meta import COCO_CLASSES, ModelMeta, TestConfig, sha256_file  # noqa: F401 - re-exported
 
-from . import mmdet_config
+from . import mmdet_config, safe_load
 from .model import CornerNet, ModelConfig
 
 FORMAT = "cornernet-deploy"
@@ -53,59 +52,35 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)  # training state of our checkpoints
 
 
-def _torch_load(path: Path) -> Any:
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found; check the path")
-    if path.stat().st_size == 0:
-        raise UserError(f"{path}: checkpoint file is empty; re-download or re-save it")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first_error = e
-    # torch.save writes a zip: a zip header without a readable central directory is a cut-short file.
-    if _starts_with(path, b"PK\x03\x04") and not zipfile.is_zipfile(path):
-        raise UserError(
-            f"{path}: truncated checkpoint ({path.stat().st_size} bytes, the end of the zip archive is missing); re-download or re-save it"
-        )
-    # mmengine checkpoints may carry numpy objects (message hub, RNG) that weights_only refuses.
-    if not zipfile.is_zipfile(path) and not _looks_like_legacy_pickle(path):
-        raise UserError(
-            f"{path}: not a PyTorch checkpoint ({type(first_error).__name__}); pass a .pth saved by torch.save"
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise UserError(
-            f"{path}: cannot read the checkpoint ({type(e).__name__}: {str(e)[:120]}); the file is truncated or corrupt, re-download or re-save it"
-        ) from None
-    warnings.warn(
-        f"{path}: contains Python objects beyond tensors; loaded with full unpickling (load only checkpoints you trust)",
-        stacklevel=3,
-    )
-    return obj
+def _what(obj: Any) -> str:
+    """How an error names a loaded object: a skipped class by its name, anything else by its type."""
+    skipped = safe_load.placeholder_name(obj)
+    if skipped is not None:
+        return f"a {skipped} object (a class this loader does not import; skipped, never run)"
+    name = type(obj).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
-def _starts_with(path: Path, magic: bytes) -> bool:
-    with open(path, "rb") as f:
-        return f.read(len(magic)) == magic
-
-
-def _looks_like_legacy_pickle(path: Path) -> bool:
-    return _starts_with(path, b"\x80")
-
-
-def _strip_prefix(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Drop the ``module.`` prefix DDP adds, and non-model buffers mmdet may store."""
+def _strip_prefix(path: Path, state_dict: dict[Any, Any]) -> dict[str, Tensor]:
+    """Drop the ``module.`` prefix DDP adds, and non-model buffers mmdet may store; tensors only."""
     out = {}
     for k, v in state_dict.items():
+        if not isinstance(k, str) or not isinstance(v, Tensor):
+            raise UserError(
+                f"{path}: state_dict entry {k!r} holds {_what(v)}, not a tensor; pass a checkpoint whose state_dict holds only weights"
+            )
         if k.startswith("module."):
             k = k[len("module.") :]
         if k.startswith("data_preprocessor."):
             continue
         out[k] = v
     return out
+
+
+def _dict_or_empty(obj: Any) -> dict[str, Any]:
+    # Informational mmdet fields (meta, dataset_meta) of another type are ignored, not fatal: the
+    # skipped-class warning already names what they were.
+    return obj if isinstance(obj, dict) else {}
 
 
 def _num_classes_in(state_dict: dict[str, Tensor]) -> int | None:
@@ -128,8 +103,8 @@ def _resolve_classes(path: Path, classes: tuple[str, ...] | None, num_classes: i
 
 
 def _from_mmdet(path: Path, obj: dict[str, Any]) -> Checkpoint:
-    meta = obj.get("meta") or {}
-    state_dict = _strip_prefix(obj["state_dict"])
+    meta = _dict_or_empty(obj.get("meta"))
+    state_dict = _strip_prefix(path, obj["state_dict"])
     text = meta.get("cfg") or meta.get("config")
     cfg: dict[str, Any] = {}
     if isinstance(text, str) and text.strip():
@@ -139,7 +114,13 @@ def _from_mmdet(path: Path, obj: dict[str, Any]) -> Checkpoint:
             raise UserError(
                 f"{path}: the config text embedded in the checkpoint is not valid Python ({e.msg}, line {e.lineno})"
             ) from None
-    classes = meta.get("CLASSES") or (meta.get("dataset_meta") or {}).get("classes")
+    classes = meta.get("CLASSES") or _dict_or_empty(meta.get("dataset_meta")).get("classes")
+    if classes is not None and not (
+        isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)
+    ):
+        raise UserError(
+            f"{path}: the class names in its meta are {_what(classes)}, not a list of names; re-save the checkpoint"
+        )
     if classes is None and cfg:
         classes = mmdet_config.classes_from_mmdet_config(cfg)
     try:
@@ -159,20 +140,38 @@ def _from_mmdet(path: Path, obj: dict[str, Any]) -> Checkpoint:
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Load our checkpoint, an mmdet 2.x/3.x checkpoint, or a bare mmdet-keyed state_dict (on CPU)."""
+    """Load our checkpoint, an mmdet 2.x/3.x checkpoint, or a bare mmdet-keyed state_dict (on CPU).
+
+    Reading never runs code from the file (``trainer.safe_load``): objects of classes it does not
+    import (mmengine's ``HistoryBuffer`` in an mmdet 3.x ``message_hub``, or anything crafted) become
+    inert placeholders, named in a warning when the weights load without them and in the error when not.
+    """
     path = Path(path)
-    obj = _torch_load(path)
-    if not isinstance(obj, dict):
-        raise UserError(
-            f"{path}: holds a {type(obj).__name__}, not a checkpoint dict; pass a CornerNet checkpoint"
+    loaded = safe_load.load(path)
+    ckpt = _parse(path, loaded.obj)
+    if loaded.skipped:
+        warnings.warn(
+            f"{path}: skipped objects of classes this loader does not import ({loaded.skipped_text()}); "
+            "kept as inert placeholders, never run; the weights do not need them",
+            stacklevel=2,
         )
+    return ckpt
+
+
+def _parse(path: Path, obj: Any) -> Checkpoint:
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: holds {_what(obj)}, not a checkpoint dict; pass a CornerNet checkpoint")
     if obj.get("format") == FORMAT:
         version = obj.get("format_version")
         if version != FORMAT_VERSION:
             raise UserError(
                 f"{path}: checkpoint format_version {version} is not supported by this version ({FORMAT_VERSION}); upgrade cornernet-deploy"
             )
-        state_dict = _strip_prefix(obj["state_dict"])
+        for key in ("model_config", "meta", "state_dict"):
+            if not isinstance(obj.get(key), dict):
+                raise UserError(
+                    f"{path}: its '{key}' is {_what(obj.get(key))}, not a dict; the file is damaged, re-save it"
+                )
         extra = {
             k: v
             for k, v in obj.items()
@@ -181,13 +180,17 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         return Checkpoint(
             str(path),
             ModelConfig.from_dict(obj["model_config"]),
-            ModelMeta.from_dict(obj["meta"]),
-            state_dict,
+            ModelMeta.from_dict(obj["meta"], where=f"{path} meta"),
+            _strip_prefix(path, obj["state_dict"]),
             FORMAT,
             extra,
         )
     if isinstance(obj.get("state_dict"), dict):
         return _from_mmdet(path, obj)
+    if "state_dict" in obj:
+        raise UserError(
+            f"{path}: its state_dict is {_what(obj['state_dict'])}, not a dict of tensors; pass a checkpoint saved with model.state_dict()"
+        )
     if any(isinstance(k, str) and k.startswith(("backbone.", "module.backbone.")) for k in obj):
         return _from_mmdet(path, {"state_dict": obj})
     keys = ", ".join(list(map(str, obj))[:5])
@@ -230,11 +233,6 @@ def build_model(ckpt: Checkpoint, device: str | torch.device = "cpu") -> CornerN
     model = CornerNet(ckpt.model_config)
     load_state_dict_checked(model, ckpt.state_dict, ckpt.path)
     return model.to(device).eval()
-
-
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[CornerNet, ModelMeta]:
-    ckpt = load_checkpoint(path)
-    return build_model(ckpt, device), ckpt.meta
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

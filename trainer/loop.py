@@ -591,10 +591,19 @@ class Trainer:
             raise UserError(
                 f"{path}: holds weights but no training state (optimizer, data position), so it cannot be resumed"
             )
+        if not isinstance(extra["optimizer"], dict) or not isinstance(extra["sampler"], dict):
+            raise UserError(
+                f"{path}: its training state is not the dicts this trainer writes; pass another --resume"
+            )
         load_state_dict_checked(self.model, ckpt.state_dict, str(path))
-        self.optimizer.load_state_dict(extra["optimizer"])
-        if self.scaler.is_enabled() and extra.get("scaler"):
-            self.scaler.load_state_dict(extra["scaler"])
+        try:
+            self.optimizer.load_state_dict(extra["optimizer"])
+            if self.scaler.is_enabled() and extra.get("scaler"):
+                self.scaler.load_state_dict(extra["scaler"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # another model's or a damaged state
+            raise UserError(
+                f"{path}: its optimizer state does not fit this model ({type(e).__name__}: {str(e)[:100]}); pass another --resume"
+            ) from None
         s = extra["sampler"]
         same_order = (s["seed"], s["shards"], s["batch"], s["dataset_len"]) == (
             self.cfg.seed,
