@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from runtime.errors import EXIT_BAD_INPUT, UserError
+from trainer import safe_load
 from trainer.config import AMP_MODES, PRESETS, TrainConfig, preset
 from trainer.distributed import launch, torchrun_env
 from trainer.loop import find_resume, run_worker
@@ -202,14 +203,9 @@ def _check_paths(cfg: TrainConfig) -> None:
 
 
 def saved_config(path: Path) -> TrainConfig:
-    """The ``train_config`` of a training checkpoint, read without loading its tensors (mmap)."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # any unreadable file is the user's to fix
-        raise UserError(
-            f"{path}: cannot read the checkpoint ({type(e).__name__}); pass another --resume"
-        ) from None
-    if not isinstance(obj, dict) or "train_config" not in obj:
+    """The ``train_config`` of a training checkpoint, read without loading its tensors (mmap) or running code."""
+    obj = safe_load.load(path, mmap=True).obj  # unreadable files: one-line UserError naming what is wrong
+    if not isinstance(obj, dict) or not isinstance(obj.get("train_config"), dict):
         raise UserError(
             f"{path}: not a training checkpoint of this trainer (no train_config); pass another --resume"
         )
@@ -262,6 +258,18 @@ def resolve(args: argparse.Namespace) -> tuple[TrainConfig, Path | None]:
     return cfg, resume
 
 
+def train(
+    cfg: TrainConfig, gpus: int = 0, procs: int = 1, resume: str | Path | None = None, progress: bool = True
+) -> int:
+    """Train ``cfg`` on ``gpus`` GPUs (0: the CPU with ``procs`` processes), resuming from ``resume`` if given.
+
+    The library form of ``python -m trainer.train``; returns its exit code. Checkpoints, logs and curves go
+    to ``cfg.out_dir`` (``epoch_N.pth`` after each epoch).
+    """
+    _check_paths(cfg)
+    return launch(run_worker, gpus, procs, (cfg, str(resume) if resume else None, progress))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
@@ -276,9 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                 "warning: training HG-104 on the CPU is impractically slow; use GPUs or --preset tiny",
                 file=sys.stderr,
             )
-        return launch(
-            run_worker, gpus, args.procs, (cfg, str(resume) if resume else None, not args.no_progress)
-        )
+        return train(cfg, gpus, args.procs, resume, progress=not args.no_progress)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
