@@ -79,7 +79,8 @@ def test_verify_against_itself_is_exact(
     v = json.loads(report.read_text())["verify"]
     assert v["passed"] and v["matched_rate"] == 1.0
     assert all(d == 0.0 for d in v["delta_ap"].values())
-    assert v["outputs"]["tl_scores"]["max_abs"] == 0.0
+    scores = next(c for c in v["criteria"] if c["name"] == "tl_scores")
+    assert scores["passed"] and scores["detail"].startswith("max abs ")
     assert "verify   PASSED" in capsys.readouterr().out
 
 
