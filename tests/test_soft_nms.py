@@ -1,4 +1,5 @@
-"""Gaussian soft-NMS: hand cases with known answers, and a literal re-statement of mmcv's loop.
+"""Gaussian soft-NMS: hand cases with known answers, and a literal re-statement of mmcv's loop that both
+implementations (compiled ``soft_nms``, numpy ``soft_nms_reference``) must reproduce bit for bit.
 
 mmcv itself is not installed here; the end-to-end check against mmcv's compiled op is
 ``tests/test_decode.py`` (the golden detections went through it).
@@ -11,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from runtime.soft_nms import batched_soft_nms, class_offset_boxes, soft_nms
+from runtime.soft_nms import batched_soft_nms, class_offset_boxes, soft_nms, soft_nms_reference
 
 F = np.float32
 W_IDENTICAL = F(math.exp(-1.0 / 0.5))  # weight for IoU 1 with sigma 0.5
@@ -168,8 +169,9 @@ def literal_soft_nms(b: np.ndarray, s: np.ndarray, sigma: float = 0.5, min_score
     return inds[:n], out[:n]
 
 
+@pytest.mark.parametrize("impl", [soft_nms, soft_nms_reference], ids=["compiled", "numpy"])
 @pytest.mark.parametrize("seed", range(6))
-def test_matches_literal_mmcv_loop(seed):
+def test_matches_literal_mmcv_loop(seed, impl):
     rng = np.random.default_rng(seed)
     for _ in range(40):
         n = int(rng.integers(1, 50))
@@ -182,10 +184,25 @@ def test_matches_literal_mmcv_loop(seed):
             wh = (rng.random((n, 2)) * 20).astype(F)
             s = rng.random(n).astype(F)
         b = np.concatenate([xy, xy + wh], axis=1)
-        keep, new = soft_nms(b, s)
+        keep, new = impl(b, s)
         ref_keep, ref_new = literal_soft_nms(b, s)
         assert keep.tolist() == ref_keep.tolist()
         assert np.array_equal(new, ref_new, equal_nan=True)
+
+
+@pytest.mark.parametrize("impl", [soft_nms, soft_nms_reference], ids=["compiled", "numpy"])
+def test_300_clustered_boxes_match_literal_mmcv_loop(impl):
+    # A trained model's candidates: clusters of overlapping boxes, removals at most steps.
+    rng = np.random.default_rng(11)
+    centers = rng.random((6, 2)) * 200
+    c = centers[rng.integers(0, 6, 300)] + rng.normal(0, 5, (300, 2))
+    wh = rng.uniform(10, 60, (300, 2))
+    b = np.concatenate([c - wh / 2, c + wh / 2], axis=1).astype(F)
+    s = (rng.random(300) ** 2).astype(F)
+    keep, new = impl(b, s)
+    ref_keep, ref_new = literal_soft_nms(b, s)
+    assert keep.tolist() == ref_keep.tolist() and np.array_equal(new, ref_new)
+    assert 10 < len(keep) < 300
 
 
 def test_many_boxes_fast_enough():
