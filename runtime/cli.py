@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,19 @@ def run_cli(
     """Parse ``argv`` and run; bad input becomes one ``error:`` line and exit 2, never a traceback."""
     args = parser.parse_args(argv)
     quiet_decoder_logs()  # unreadable images are reported in one line of ours, not OpenCV's
+    warnings.showwarning = _one_line_warning
     try:
         return run(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _one_line_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    """Warnings from library code (e.g. classes a checkpoint loader skipped) as one ``warning:`` line."""
+    print(f"warning: {' '.join(str(message).split())}", file=file or sys.stderr)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
