@@ -9,6 +9,7 @@ Examples::
     python -m export.to_trt checkpoint.pth                        # -> checkpoint.plan (+ checkpoint.onnx)
     python -m export.to_trt checkpoint.pth --fp16 --batch 8 --out engines/hg104.fp16.plan
     python -m export.to_trt model.onnx --max 1023x1023            # larger images than COCO's
+    python -m export.to_trt model.int8.onnx --int8                # from python -m export.quantize
     python -m runtime.eval checkpoint.plan --coco data/coco --verify
 
 Shape profile: the input is [N, 3, H, W] after mmdet's test padding, which grows each side to the next
@@ -26,13 +27,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from export.trt_build import DEFAULT_MAX_HW, DEFAULT_MIN_HW, DEFAULT_OPT_HW, BuildOptions, build, parse_hw
+from export.trt_build import (
+    DEFAULT_MAX_HW,
+    DEFAULT_MIN_HW,
+    DEFAULT_OPT_HW,
+    BuildOptions,
+    build,
+    parse_hw,
+)
+from export.trt_build import format_hw as _hw
 from runtime.cli import parser_from_doc, run_cli
 from runtime.errors import EXIT_OK
-
-
-def _hw(hw: tuple[int, int]) -> str:
-    return f"{hw[0]}x{hw[1]}"
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -49,6 +54,12 @@ def make_parser() -> argparse.ArgumentParser:
         "--fp16",
         action="store_true",
         help="fp16 engine: TensorRT 10 sets BuilderFlag.FP16; TensorRT 11 (no such flag) builds from an fp16 ONNX (NAME.fp16.onnx)",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 engine from an int8 Q/DQ ONNX (python -m export.quantize MODEL.onnx --calib DATA); "
+        "built strongly typed on TensorRT 10 and 11, no calibrator",
     )
     p.add_argument(
         "--tf32",
@@ -103,6 +114,12 @@ def make_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--opset", type=int, default=18, help="ONNX opset of the export (default 18)")
     b.add_argument("--device", help="cuda or cuda:N (default cuda:0)")
+    b.add_argument(
+        "--plugin",
+        metavar="PATH",
+        help="prebuilt CornerPool plugin library (default $CORNERNET_TRT_PLUGIN, else the one of "
+        "python -m trt_plugins.build, built first when missing or older than its sources)",
+    )
     b.add_argument("--no-check", action="store_true", help="skip loading and running the built engine once")
     b.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
     return p
@@ -112,6 +129,7 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
     """Command-line flags -> :class:`BuildOptions` (``UserError`` for malformed values)."""
     return BuildOptions(
         fp16=args.fp16,
+        int8=args.int8,
         tf32=args.tf32,
         batch=args.batch,
         min_hw=parse_hw(args.min, "--min"),
@@ -125,6 +143,7 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         device=args.device,
         verbose=args.verbose,
         check=not args.no_check,
+        plugin=Path(args.plugin) if args.plugin else None,
     )
 
 

@@ -1,7 +1,7 @@
 """Build a TensorRT engine ``NAME.plan`` and its sidecar ``NAME.plan.json`` from a checkpoint or an ONNX file.
 
 Steps (:func:`build`): export the ONNX (:func:`export.onnx_export.export_onnx`, CornerPool as plugin nodes) unless
-given one; register the CornerPool plugin (:func:`trt_plugins.load`); parse with ``trt.OnnxParser``; build with
+given one; register the CornerPool plugin (built first if needed, :func:`_plugin`); parse with ``trt.OnnxParser``; build with
 one optimisation profile over ``[N, 3, H, W]``; write the plan, the timing cache and the sidecar
 (:class:`runtime.engine_sidecar.Sidecar`); load the engine once and run it (smoke check).
 
@@ -52,6 +52,7 @@ from runtime.engine_sidecar import (
 )
 from runtime.errors import UserError
 from runtime.meta import ModelMeta, sha256_file
+from trt_plugins.stamp import PluginIdentity
 
 # Default shape profile (H x W of the padded input). mmdet pads each side to the next 128 m - 1
 # (``h | 127``); every COCO val2017 image is at most 640 px a side, so padded sides are at most 767.
@@ -75,6 +76,7 @@ class BuildOptions:
 
     Attributes:
         fp16: fp16 engine (TensorRT 10: ``BuilderFlag.FP16``; 11: built from an fp16 ONNX).
+        int8: int8 engine from an int8 Q/DQ ONNX (``export.quantize``), strongly typed on 10.x and 11.x.
         tf32: let fp32 layers use TF32 (faster on Ampere and newer, ~1e-3 relative error); off by default.
         batch: maximum batch; the profile tunes for it (``opt`` batch = ``max`` batch).
         min_hw, opt_hw, max_hw: input ``(H, W)`` range of the profile.
@@ -82,10 +84,13 @@ class BuildOptions:
         timing_cache: timing cache file (``None``: :func:`default_timing_cache`); ``use_timing_cache=False`` disables it.
         outputs: ``"proposals"`` (8 small tensors) or ``"heads"`` (raw maps, for debugging).
         device: ``"cuda"`` or ``"cuda:N"``.
+        plugin: a prebuilt CornerPool plugin library; default ``$CORNERNET_TRT_PLUGIN``, else the one of
+            ``python -m trt_plugins.build``, built first when missing or older than its sources.
         check: load the built engine and run it once on a zero image.
     """
 
     fp16: bool = False
+    int8: bool = False
     batch: int = 1
     min_hw: tuple[int, int] = DEFAULT_MIN_HW
     opt_hw: tuple[int, int] = DEFAULT_OPT_HW
@@ -99,6 +104,7 @@ class BuildOptions:
     device: str | None = None
     verbose: bool = False
     check: bool = True
+    plugin: Path | None = None
 
     def profile(self, input_name: str, channels: int = 3) -> ShapeProfile:
         """The optimisation profile: batch 1..``batch`` (tuned at ``batch``), ``H x W`` from min to max."""
@@ -114,6 +120,8 @@ class BuildOptions:
     def validate(self) -> None:
         if self.batch < 1:
             raise UserError(f"--batch {self.batch}: must be at least 1")
+        if self.int8 and self.fp16:
+            raise UserError("--int8 and --fp16: choose one (the int8 ONNX fixes every layer's precision itself)")
         if self.workspace_mib is not None and self.workspace_mib < 1:
             raise UserError(f"--workspace {self.workspace_mib}: must be at least 1 MiB")
         if self.outputs not in ("proposals", "heads"):
@@ -239,6 +247,33 @@ def _load_timing_cache(config: Any, path: Path | None, log: Log) -> Any:
     return cache
 
 
+def _plugin(explicit: Path | None, log: Log) -> tuple[str, PluginIdentity]:
+    """The CornerPool library to build with, registered with TensorRT, and its identity (for the sidecar).
+
+    ``--plugin`` or ``$CORNERNET_TRT_PLUGIN`` is used as given; otherwise the library of
+    ``python -m trt_plugins.build`` is (re)built first when missing or older than its sources: this and
+    ``python -m trt_plugins.build`` are the only steps that compile.
+    """
+    import trt_plugins
+    from trt_plugins import build as plugin_build
+    from trt_plugins.stamp import read_identity
+
+    if explicit is not None or os.environ.get(trt_plugins.ENV_PLUGIN_LIBRARY):
+        library = str(trt_plugins.find_library(explicit))
+    else:
+        library = str(plugin_build.ensure_plugin_library(log=log))
+    library = trt_plugins.load(library)  # the one registered, should this process have loaded another earlier
+    identity = read_identity(library)
+    if identity is None:
+        raise UserError(
+            f"{library}: no identity stamp {Path(library).name}.json next to it, so engines built with it could not "
+            f"be checked when loaded; build the plugin with {plugin_build.BUILD_COMMAND} (it writes both)"
+        )
+    key = f"{identity.namespace}::{identity.name} v{identity.version}"
+    log(f"plugin   {library} ({key}, sources {identity.sources_sha256[:12]})")
+    return library, identity
+
+
 def _parse_onnx(parser: Any, onnx_path: Path) -> int:
     """Parse ``onnx_path`` without its CornerPool fallback function, so that every CornerPool node becomes a
     plugin layer on every TensorRT version; returns the number of CornerPool nodes."""
@@ -332,6 +367,17 @@ def _resolve_onnx(
     return onnx_path, props.get(SOURCE_CHECKPOINT_KEY), props.get(SOURCE_SHA256_KEY)
 
 
+def _check_int8_source(model: Path) -> None:
+    """``--int8`` builds from an int8 Q/DQ ONNX (``export.quantize``): one-line ``UserError`` for anything else."""
+    precision = _onnx_meta(model)[1].get(PRECISION_KEY, "fp32") if model.suffix.lower() == ".onnx" else None
+    if precision != "int8":
+        onnx_hint = model if precision else f"{model.with_suffix('.onnx')} (python -m export.to_onnx {model})"
+        raise UserError(
+            f"{model}: --int8 builds from an int8 ONNX; make one with python -m export.quantize {onnx_hint} "
+            "--calib DATA, then pass MODEL.int8.onnx"
+        )
+
+
 def _onnx_meta(onnx_path: Path) -> tuple[ModelMeta, dict[str, str]]:
     props = read_onnx_metadata(onnx_path)
     if META_KEY not in props:
@@ -364,6 +410,8 @@ def build(
         )
     if not model.is_file():
         raise UserError(f"{model}: not found; check the path")
+    if options.int8:
+        _check_int8_source(model)
     engine = Path(out) if out else default_engine_path(model, options.fp16)
     if engine.suffix.lower() not in ENGINE_SUFFIXES:
         raise UserError(
@@ -393,12 +441,10 @@ def build(
     )
     meta, props = _onnx_meta(onnx_path)
     fp16_onnx = props.get(PRECISION_KEY, "fp32") == "fp16"
-    precision = "fp16" if options.fp16 or fp16_onnx else "fp32"
+    int8_onnx = props.get(PRECISION_KEY, "fp32") == "int8"
+    precision = "int8" if int8_onnx else "fp16" if options.fp16 or fp16_onnx else "fp32"
 
-    from trt_plugins import load as load_plugin
-
-    plugin_lib = str(load_plugin())
-    plugin_sha = sha256_file(plugin_lib)
+    plugin_lib, plugin_id = _plugin(options.plugin, log)
 
     logger = trt_logger(trt, options.verbose)
     try:
@@ -407,7 +453,8 @@ def build(
         raise UserError(
             "TensorRT could not create a builder (CUDA initialisation failed; see its log above)"
         ) from None
-    network = _create_network(builder, trt, strongly_typed=fp16_onnx)
+    # Q/DQ (explicit quantization) is built strongly typed, with no precision flags, on 10.x as on 11.x.
+    network = _create_network(builder, trt, strongly_typed=fp16_onnx or int8_onnx)
     parser = trt.OnnxParser(network, logger)
     log(f"parse    {onnx_path}")
     pool_nodes = _parse_onnx(parser, onnx_path)
@@ -450,7 +497,7 @@ def build(
         )
 
     log(
-        f"build    {precision}, batch <= {options.batch}, HxW {_hw(options.min_hw)} .. {_hw(options.max_hw)} (tuned for {_hw(options.opt_hw)})"
+        f"build    {precision}, batch <= {options.batch}, HxW {format_hw(options.min_hw)} .. {format_hw(options.max_hw)} (tuned for {format_hw(options.opt_hw)})"
     )
     t0 = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
@@ -473,14 +520,21 @@ def build(
         meta=meta,
         tensorrt_version=str(trt.__version__),
         gpu=gpu,
-        plugin=PluginInfo(plugin_lib, plugin_sha, plugin_layers),
+        plugin=PluginInfo(
+            plugin_lib,
+            plugin_id.name,
+            plugin_id.version,
+            plugin_id.namespace,
+            plugin_id.sources_sha256,
+            plugin_layers,
+        ),
         source=SourceInfo(source_ckpt, source_sha, str(onnx_path.resolve()), sha256_file(onnx_path)),
         build={
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": round(seconds, 1),
             "options": _options_dict(options),
-            "fp16_method": None if precision == "fp32" else ("fp16_onnx" if fp16_onnx else "builder_flag"),
-            "strongly_typed": fp16_onnx or _trt_major(trt) >= 11,
+            "fp16_method": None if precision != "fp16" else ("fp16_onnx" if fp16_onnx else "builder_flag"),
+            "strongly_typed": fp16_onnx or int8_onnx or _trt_major(trt) >= 11,
             "timing_cache": None if cache_path is None else str(cache_path),
             "export": json.loads(props[EXPORT_KEY]) if EXPORT_KEY in props else None,
         },
@@ -508,11 +562,12 @@ def smoke_check(engine: Path, device: str | None, log: Log = _stderr) -> None:
             f"{engine}: runs but outputs {', '.join(bad)} hold NaN/Inf on a zero image; rebuild without --fp16 or report a bug"
         )
     log(
-        f"checked  {engine.name} loads and runs (1x{_hw(opt[2:])}): {', '.join(f'{n} {list(a.shape)}' for n, a in outs.items())}"
+        f"checked  {engine.name} loads and runs (1x{format_hw(opt[2:])}): {', '.join(f'{n} {list(a.shape)}' for n, a in outs.items())}"
     )
 
 
-def _hw(hw: tuple[int, ...]) -> str:
+def format_hw(hw: tuple[int, ...]) -> str:
+    """``(511, 767)`` -> ``"511x767"`` (the ``--min/--opt/--max`` notation)."""
     return f"{hw[0]}x{hw[1]}"
 
 
@@ -525,6 +580,7 @@ def _sha256_bytes(data: memoryview) -> str:
 def _options_dict(options: BuildOptions) -> dict[str, Any]:
     d = asdict(options)
     d["timing_cache"] = None if options.timing_cache is None else str(options.timing_cache)
+    d["plugin"] = None if options.plugin is None else str(options.plugin)
     for k in ("min_hw", "opt_hw", "max_hw"):
         d[k] = list(d[k])
     return d

@@ -12,7 +12,6 @@ import numpy as np
 
 from runtime.engine_sidecar import GpuInfo
 from runtime.errors import UserError
-from runtime.meta import sha256_file
 
 
 def parse_cuda_device(device: str | None) -> int:
@@ -128,17 +127,6 @@ def trt_logger(trt: Any, verbose: bool = False) -> Any:
         _LOGGER = trt.Logger(trt.Logger.WARNING)
     _LOGGER.min_severity = trt.Logger.VERBOSE if verbose else trt.Logger.WARNING
     return _LOGGER
-
-
-def load_plugin_library() -> tuple[str | None, str | None, str | None]:
-    """Load the CornerPool plugin into TensorRT's registry: ``(library, sha256, None)`` or ``(None, None, why)``."""
-    try:
-        import trt_plugins
-
-        library = str(trt_plugins.load())
-    except Exception as e:  # missing build, dlopen failure, registry refusal
-        return None, None, _first_line(e)
-    return library, sha256_file(library), None
 
 
 def _first_line(e: BaseException) -> str:

@@ -2,9 +2,9 @@
 
 An engine is only valid with the TensorRT version, the GPU model and the plugin library it was built
 with, so ``NAME.plan`` travels with ``NAME.plan.json`` (:class:`Sidecar`): classes, normalisation and
-test settings, the shape profile, precision, versions, GPU, plugin library and source checkpoint with
-their sha256. Everything here is plain Python (tested on CPU); each check raises a one-line
-``UserError`` that says how to rebuild.
+test settings, the shape profile, precision, versions, GPU, the plugin's identity (name, version,
+namespace, sources hash) and the source checkpoint with its sha256. Everything here is plain Python
+(tested on CPU); each check raises a one-line ``UserError`` that says how to rebuild.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from typing import Any
 from runtime.atomic_write import write_text_atomic
 from runtime.errors import UserError
 from runtime.meta import ModelMeta
+from trt_plugins.stamp import PluginIdentity
 
 SIDECAR_FORMAT = "cornernet-deploy/tensorrt-engine"
-SIDECAR_VERSION = 1
-PRECISIONS = ("fp32", "fp16")
+SIDECAR_VERSION = 2  # 2: the plugin is identified by name, version, namespace and sources hash
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -69,10 +70,18 @@ class GpuInfo:
 
 @dataclass(frozen=True)
 class PluginInfo:
-    """The plugin library loaded when the engine was built, and how many plugin layers it has."""
+    """The plugin the engine was built with and how many plugin layers it has.
+
+    ``library`` is where it was at build time (a place to look for it); it is identified by TensorRT's creator key
+    (``name``, ``version``, ``namespace``) and the hash of the sources it was built from (its stamp,
+    :mod:`trt_plugins.stamp`), not by the library's bytes, so the same sources rebuilt elsewhere are accepted.
+    """
 
     library: str
-    sha256: str
+    name: str
+    version: str
+    namespace: str
+    sources_sha256: str
     layers: int
 
 
@@ -93,7 +102,7 @@ class Sidecar:
     engine_file: str  # file name of the engine, relative to the sidecar
     engine_bytes: int
     engine_sha256: str
-    precision: str  # "fp32" or "fp16"
+    precision: str  # "fp32", "fp16" or "int8"
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     profile: ShapeProfile
@@ -155,7 +164,12 @@ class Sidecar:
                 plugin=None
                 if d.get("plugin") is None
                 else PluginInfo(
-                    str(d["plugin"]["library"]), str(d["plugin"]["sha256"]), int(d["plugin"]["layers"])
+                    library=str(d["plugin"]["library"]),
+                    name=str(d["plugin"]["name"]),
+                    version=str(d["plugin"]["version"]),
+                    namespace=str(d["plugin"]["namespace"]),
+                    sources_sha256=str(d["plugin"]["sources_sha256"]),
+                    layers=int(d["plugin"]["layers"]),
                 ),
                 source=SourceInfo(
                     _opt_str(d["source"].get("checkpoint")),
@@ -171,7 +185,7 @@ class Sidecar:
             ) from None
         if sidecar.precision not in PRECISIONS:
             raise UserError(
-                f"{where}: unknown precision {sidecar.precision!r} (expected fp32 or fp16); rebuild the engine with python -m export.to_trt"
+                f"{where}: unknown precision {sidecar.precision!r} (expected fp32, fp16 or int8); rebuild the engine with python -m export.to_trt"
             )
         try:
             sidecar.profile.validate()
@@ -204,9 +218,11 @@ class Sidecar:
     def rebuild_command(self, engine: str | Path, *extra: str) -> str:
         """The ``python -m export.to_trt`` command that rebuilds this engine, with ``extra`` flags."""
         src = self.source.checkpoint or self.source.onnx
+        if self.precision == "int8":  # from the int8 ONNX: a checkpoint would need calibrating again
+            src = self.source.onnx
         parts = ["python -m export.to_trt", src, "--out", str(engine)]
-        if self.precision == "fp16":
-            parts.append("--fp16")
+        if self.precision in ("fp16", "int8"):
+            parts.append(f"--{self.precision}")
         return " ".join([*parts, *extra])
 
 
@@ -308,25 +324,47 @@ def check_gpu(sidecar: Sidecar, gpu: GpuInfo, where: str, rebuild: str) -> str |
     return None
 
 
-def check_plugin(sidecar: Sidecar, library: str | None, sha256: str | None, where: str, rebuild: str) -> None:
-    """The engine's plugin layers need the very plugin library it was built with (same sha256).
+def check_plugin(
+    sidecar: Sidecar, library: str, loaded: PluginIdentity | None, where: str, rebuild: str
+) -> str | None:
+    """Is the plugin library ``library`` the one the engine's plugin layers were built with?
 
     Args:
-        library, sha256: the library this process loaded (``None`` when it could not load one).
+        library: the library found for this process (its path, for messages).
+        loaded: its identity (read from its stamp), or ``None`` when it has no stamp.
+
+    Returns:
+        A warning when it cannot be told (no stamp) or the sources differ (the kernels may compute differently);
+        ``None`` when it is the same plugin built from the same sources, wherever and by whichever compiler.
+
+    Raises:
+        UserError: another plugin (name or namespace) or another plugin version.
     """
     built = sidecar.plugin
     if built is None or built.layers == 0:
-        return
-    if library is None or sha256 is None:
-        raise UserError(
-            f"{where}: has {built.layers} CornerPool plugin layers but the plugin library could not be loaded "
-            f"(built with {built.library}); build it with python -m trt_plugins.build, or rebuild with {rebuild}"
+        return None
+    fix = f"build the plugin from the engine's sources with python -m trt_plugins.build, or rebuild the engine with {rebuild}"
+    if loaded is None:
+        return (
+            f"{where}: the plugin library {library} has no identity stamp {Path(library).name}.json, so it cannot be "
+            f"checked against the engine's ({built.name} v{built.version}, sources {built.sources_sha256[:12]}); {fix}"
         )
-    if sha256 != built.sha256:
+    if (loaded.name, loaded.namespace) != (built.name, built.namespace):
         raise UserError(
-            f"{where}: built with plugin library {built.library} (sha256 {built.sha256[:12]}), this process loaded "
-            f"{library} (sha256 {sha256[:12]}); use the original library or rebuild with {rebuild}"
+            f"{where}: built with plugin {built.namespace}::{built.name}, but {library} is {loaded.namespace}::{loaded.name}; "
+            "pass the CornerPool library with --plugin PATH"
         )
+    if loaded.version != built.version:
+        raise UserError(
+            f"{where}: built with {built.name} plugin version {built.version}, {library} is version {loaded.version}; "
+            f"use a library of version {built.version} (--plugin PATH) or rebuild the engine with {rebuild}"
+        )
+    if loaded.sources_sha256 != built.sources_sha256:
+        return (
+            f"{where}: built with plugin sources {built.sources_sha256[:12]}, {library} was built from other sources "
+            f"({loaded.sources_sha256[:12]}); it may compute differently: {fix}"
+        )
+    return None
 
 
 def check_engine_file(sidecar: Sidecar, engine: Path, size: int) -> None:

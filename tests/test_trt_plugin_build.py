@@ -1,11 +1,13 @@
 """CPU checks of the CornerPool plugin build (no GPU, no TensorRT runtime needed).
 
-- the kernels compile with nvcc (one arch here; every default arch + PTX in the `slow` test);
-- the plugin compiles against real TensorRT 10.x / 11.x headers (``$TENSORRT_HEADERS_10``, ``$TENSORRT_HEADERS_11``,
+- the CMake project builds the kernels (one arch here; every default arch + PTX in the `slow` test) and stamps
+  them with the same sources hash :mod:`trt_plugins.stamp` computes;
+- the plugin builds against real TensorRT 10.x / 11.x headers (``$TENSORRT_HEADERS_10``, ``$TENSORRT_HEADERS_11``,
   ``$TENSORRT_INCLUDE_DIR``: an ``include/`` directory or its parent) with no warning in our code and no hidden
   virtual, and exports ``getCreators`` / ``setLoggerFinder``;
 - the C++ field list equals :data:`trt_plugins.fields.FIELDS`;
-- nvcc is found in the layouts of the nvidia-cuda-* wheels.
+- the CMake modules find nvcc in the layouts of the nvidia-cuda-* wheels and read TensorRT's version;
+- ``trt_plugins.load`` registers a given library once and never builds.
 """
 
 from __future__ import annotations
@@ -23,25 +25,25 @@ import torch
 
 import trt_plugins
 from runtime.errors import UserError
-from trt_plugins import build, fields, kernels
+from trt_plugins import build, fields
+from trt_plugins import kernels as kernels_module
+from trt_plugins.stamp import PluginIdentity, read_identity, read_stamp, sources_digest
 
 EXPORTED = {"getCreators", "setLoggerFinder", "cornerPoolForward", "cornerPoolErrorString"}
 
 
-@pytest.fixture(scope="module")
-def cuda() -> build.CudaToolkit:
+def _build(out_dir: Path, **kwargs: object) -> build.BuildResult:
+    """:func:`build.build`, skipping (with the reason) where cmake or a CUDA compiler is missing."""
     try:
-        return build.find_cuda()
-    except build.BuildError as error:
-        pytest.skip(f"no CUDA compiler here ({error})")
+        return build.build(out_dir, **kwargs)  # type: ignore[arg-type]
+    except build.MissingToolError as error:
+        pytest.skip(f"cannot build here: {error}")
 
 
 @pytest.fixture(scope="module")
-def kernel_object(cuda: build.CudaToolkit, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """cornerPoolKernel.cu compiled for sm_80 only (a few seconds)."""
-    output = tmp_path_factory.mktemp("kernel") / "cornerPoolKernel.o"
-    build.run_command(build.kernel_object_command(cuda, output, ("80",), ptx=False))
-    return output
+def kernels(tmp_path_factory: pytest.TempPathFactory) -> build.BuildResult:
+    """The kernel library built by the CMake project for sm_80 only (about 20 s with CMake's configure step)."""
+    return _build(tmp_path_factory.mktemp("kernels"), archs=("80",), ptx=False, kernels_only=True)
 
 
 def exported_symbols(library: Path) -> set[str]:
@@ -106,21 +108,25 @@ def test_parse_plugin_fields_reads_entries_and_rejects_bad_blocks() -> None:
 # Kernels
 
 
-def test_kernel_library_compiles_and_exports_c_entry_points(
-    cuda: build.CudaToolkit, kernel_object: Path, tmp_path: Path
-) -> None:
-    library = tmp_path / build.KERNEL_LIBRARY
-    build.run_command(build.link_command(cuda, [kernel_object], library))
-    assert exported_symbols(library) == {"cornerPoolForward", "cornerPoolErrorString"}
+def test_kernel_library_compiles_and_exports_c_entry_points(kernels: build.BuildResult) -> None:
+    assert kernels.plugin_library is None and kernels.tensorrt_version is None
+    assert exported_symbols(kernels.kernel_library) == {"cornerPoolForward", "cornerPoolErrorString"}
+    # CMake and Python hash the sources the same way, so the stamp says what the library was built from.
+    stamp = read_stamp(kernels.kernel_library)
+    assert stamp is not None and stamp["sources_sha256"] == sources_digest(build.KERNEL_SOURCES)
+    assert (stamp["name"], stamp["version"], stamp["namespace"]) == (
+        fields.PLUGIN_NAME,
+        fields.PLUGIN_VERSION,
+        fields.PLUGIN_NAMESPACE,
+    )
+    assert stamp["cuda_architectures"] == "80-real" and stamp["library"] == build.KERNEL_LIBRARY
+    assert build.is_up_to_date(kernels.kernel_library, build.KERNEL_SOURCES)
+    assert not build.is_up_to_date(kernels.kernel_library, build.PLUGIN_SOURCES)
 
 
-def test_c_entry_point_validates_arguments_without_a_gpu(
-    cuda: build.CudaToolkit, kernel_object: Path, tmp_path: Path
-) -> None:
+def test_c_entry_point_validates_arguments_without_a_gpu(kernels: build.BuildResult) -> None:
     """Bad arguments and empty tensors are answered before any CUDA call; without a GPU a launch fails cleanly."""
-    library_path = tmp_path / build.KERNEL_LIBRARY
-    build.run_command(build.link_command(cuda, [kernel_object], library_path))
-    library = kernels.open_library(library_path)
+    library = kernels_module.open_library(kernels.kernel_library)
     forward = library.cornerPoolForward
     invalid_value = 1  # cudaErrorInvalidValue
     fake_in, fake_out = 0x1000, 0x2000
@@ -137,27 +143,45 @@ def test_c_entry_point_validates_arguments_without_a_gpu(
 
 
 @pytest.mark.slow
-def test_kernels_compile_for_every_default_target(cuda: build.CudaToolkit, tmp_path: Path) -> None:
+def test_kernels_compile_for_every_default_target(tmp_path: Path) -> None:
     lines: list[str] = []
-    result = build.build(tmp_path, kernels_only=True, log=lines.append)
+    result = _build(tmp_path, kernels_only=True, log=lines.append)
     assert result.kernel_library.is_file() and result.plugin_library is None
     assert exported_symbols(result.kernel_library) == {"cornerPoolForward", "cornerPoolErrorString"}
     assert lines == [
-        f"built {result.kernel_library} (sm_80, sm_86, sm_89, sm_90 + PTX, CUDA {cuda.version()})"
+        f"built {result.kernel_library} (sm_80, sm_86, sm_89, sm_90 + PTX, CUDA {result.cuda_version})"
     ]
     assert build.is_up_to_date(result.kernel_library, build.KERNEL_SOURCES)
+    stamp = read_stamp(result.kernel_library)
+    assert stamp is not None and stamp["cuda_architectures"] == "80-real;86-real;89-real;90"
 
 
-def test_gencode_flags_cover_default_targets_and_ptx() -> None:
-    assert build.gencode_flags() == [
-        "-gencode=arch=compute_80,code=sm_80",
-        "-gencode=arch=compute_86,code=sm_86",
-        "-gencode=arch=compute_89,code=sm_89",
-        "-gencode=arch=compute_90,code=sm_90",
-        "-gencode=arch=compute_90,code=compute_90",
-    ]
+def test_cuda_architectures_cover_default_targets_and_ptx() -> None:
+    assert build.cuda_architectures() == "80-real;86-real;89-real;90"
+    assert build.cuda_architectures(("90", "80"), ptx=False) == "90-real;80-real"
+    assert build.cuda_architectures(("100a", "90")) == "100a;90-real"
     with pytest.raises(build.BuildError, match="bad GPU architecture"):
-        build.gencode_flags(["sm_90"])
+        build.cuda_architectures(["sm_90"])
+
+
+def test_missing_cuda_compiler_is_told_apart_from_a_compile_error(tmp_path: Path) -> None:
+    """CMakeLists.txt stops with "no CUDA compiler found" and run_command makes it a MissingToolError (tests skip
+    on that); any other failure is a BuildError naming its first error line and the log."""
+    assert build._NO_CUDA in (build.PACKAGE_DIR / "CMakeLists.txt").read_text()
+    log = tmp_path / "build.log"
+    cmake_says = (
+        "print('CMake Error at CMakeLists.txt:27 (message):\\n  no CUDA compiler found (looked at'); exit(1)"
+    )
+    with pytest.raises(
+        build.MissingToolError, match=r"^no CUDA compiler found .*pip install nvidia-cuda-nvcc"
+    ):
+        build.run_command([sys.executable, "-c", cmake_says], log)
+    compile_error = "print('x.cu(3): error: identifier y is undefined'); exit(2)"
+    with pytest.raises(build.BuildError) as raised:
+        build.run_command([sys.executable, "-c", compile_error], log)
+    assert not isinstance(raised.value, build.MissingToolError)
+    assert str(raised.value).endswith(f"(exit 2): x.cu(3): error: identifier y is undefined; full log: {log}")
+    assert "identifier y is undefined" in log.read_text()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -168,9 +192,7 @@ def test_gencode_flags_cover_default_targets_and_ptx() -> None:
     ("env_var", "major"),
     [("TENSORRT_HEADERS_10", 10), ("TENSORRT_HEADERS_11", 11), ("TENSORRT_INCLUDE_DIR", None)],
 )
-def test_plugin_compiles_against_tensorrt_headers(
-    env_var: str, major: int | None, cuda: build.CudaToolkit, kernel_object: Path, tmp_path: Path
-) -> None:
+def test_plugin_compiles_against_tensorrt_headers(env_var: str, major: int | None, tmp_path: Path) -> None:
     location = os.environ.get(env_var)
     if not location:
         pytest.skip(
@@ -178,21 +200,28 @@ def test_plugin_compiles_against_tensorrt_headers(
         )
     include_dir = build.resolve_tensorrt_include(location)
     assert include_dir is not None, f"${env_var}={location} holds no NvInferRuntime.h / NvInferVersion.h"
-    version = build.tensorrt_version(include_dir)
+    result = _build(tmp_path, archs=("80",), ptx=False, tensorrt_include=include_dir, verbose=True)
+    assert result.plugin_library is not None and result.tensorrt_include == include_dir
+    version = result.tensorrt_version or ""
     if major is not None:
         assert version.split(".")[0] == str(major), f"${env_var} has TensorRT {version} headers"
 
-    plugin_object = tmp_path / "cornerPoolPlugin.o"
-    output = build.run_command(build.plugin_object_command(cuda, include_dir, plugin_object))
+    output = (tmp_path / "build.log").read_text()
     warnings = [line for line in output.splitlines() if ": warning:" in line]
     ours = [line for line in warnings if str(build.PLUGIN_DIR) in line]
     assert not ours, "\n".join(ours)
     assert "overloaded-virtual" not in output
     print(f"TensorRT {version}: 0 warnings in our code, {len(warnings)} inside TensorRT's headers")
 
-    library = tmp_path / build.PLUGIN_LIBRARY
-    build.run_command(build.link_command(cuda, [plugin_object, kernel_object], library))
+    library = result.plugin_library
     assert exported_symbols(library) == EXPORTED
+    assert read_identity(library) == PluginIdentity(
+        fields.PLUGIN_NAME,
+        fields.PLUGIN_VERSION,
+        fields.PLUGIN_NAMESPACE,
+        sources_digest(build.PLUGIN_SOURCES),
+    )
+    assert build.is_up_to_date(library, build.PLUGIN_SOURCES)
 
     # The library loads without TensorRT or a GPU, and getCreators() hands out one creator.
     plugin = ctypes.CDLL(str(library))
@@ -203,67 +232,64 @@ def test_plugin_compiles_against_tensorrt_headers(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Finding nvcc and TensorRT
+# The CMake modules: nvcc from the wheels, TensorRT's version
 
 
-def _fake_file(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"")
+def _cmake_script(tmp_path: Path, body: str, env: dict[str, str], **variables: str) -> str:
+    """Run ``body`` with ``cmake -P`` (the modules of trt_plugins/cmake on its path); its messages."""
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not installed (pip install cmake)")
+    script = tmp_path / "probe.cmake"
+    script.write_text(f'list(APPEND CMAKE_MODULE_PATH "{build.PACKAGE_DIR / "cmake"}")\n{body}\n')
+    defines = [f"-D{name}={value}" for name, value in variables.items()]
+    done = subprocess.run(
+        [cmake, *defines, "-P", str(script)], capture_output=True, text=True, env=env, check=True
+    )
+    return done.stdout + done.stderr
 
 
-def _only_wheels(monkeypatch: pytest.MonkeyPatch, site: Path, tmp_path: Path) -> None:
-    """Hide every CUDA install but the fake wheels under ``site``."""
-    for name in ("CUDA_HOME", "CUDA_PATH"):
-        monkeypatch.delenv(name, raising=False)
+def _find_nvcc_in_wheels(tmp_path: Path, site: Path) -> str:
+    """What cudaFromWheels.cmake picks when nothing but the wheels under ``site`` has nvcc."""
     empty = tmp_path / "empty-bin"
-    empty.mkdir()
-    monkeypatch.setenv("PATH", str(empty))
-    monkeypatch.setattr(build, "SYSTEM_CUDA_ROOTS", ())
-    monkeypatch.setattr(sys, "path", [str(site), *sys.path])
+    empty.mkdir(exist_ok=True)
+    env = {"PATH": str(empty), "PYTHONPATH": str(site), "HOME": str(tmp_path)}
+    body = 'include(cudaFromWheels)\nmessage("nvcc=${CMAKE_CUDA_COMPILER};root=${CUDAToolkit_ROOT}")'
+    output = _cmake_script(
+        tmp_path, body, env, CORNERNET_PYTHON=sys.executable, CORNERNET_SYSTEM_NVCC_PATHS=str(empty)
+    )
+    return next(line for line in output.splitlines() if line.startswith("nvcc="))
 
 
-def test_find_cuda_in_cuda13_wheel_layout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _fake_file(path: Path, executable: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"#!/bin/sh\n" if executable else b"")
+    if executable:
+        path.chmod(0o755)
+
+
+def test_cmake_finds_nvcc_in_cuda13_wheel_layout(tmp_path: Path) -> None:
     """nvidia-cuda-nvcc/-runtime/-cccl 13.x install site-packages/nvidia/cu13/{bin,include,include/cccl,lib}."""
     root = tmp_path / "site" / "nvidia" / "cu13"
-    for relative in (
-        "bin/nvcc",
-        "include/cuda_runtime_api.h",
-        "include/cccl/cub/cub.cuh",
-        "lib/libcudart_static.a",
-    ):
+    _fake_file(root / "bin" / "nvcc", executable=True)
+    for relative in ("include/cuda_runtime_api.h", "include/cccl/cub/cub.cuh", "lib/libcudart_static.a"):
         _fake_file(root / relative)
-    _only_wheels(monkeypatch, tmp_path / "site", tmp_path)
-    toolkit = build.find_cuda()
-    assert toolkit.nvcc == root / "bin" / "nvcc"
-    assert toolkit.include_dirs == (root / "include", root / "include" / "cccl")
-    assert toolkit.library_dirs == (root / "lib",)
+    assert _find_nvcc_in_wheels(tmp_path, tmp_path / "site") == f"nvcc={root}/bin/nvcc;root={root}"
 
 
-def test_find_cuda_in_cuda12_wheel_layout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_cmake_finds_nvcc_in_cuda12_wheel_layout(tmp_path: Path) -> None:
     """The -cu12 wheels install nvidia/cuda_nvcc, nvidia/cuda_runtime and nvidia/cuda_cccl side by side."""
     nvidia = tmp_path / "site" / "nvidia"
-    for relative in (
-        "cuda_nvcc/bin/nvcc",
-        "cuda_runtime/include/cuda_runtime_api.h",
-        "cuda_runtime/lib/libcudart_static.a",
-        "cuda_cccl/include/cub/cub.cuh",
-    ):
+    _fake_file(nvidia / "cuda_nvcc" / "bin" / "nvcc", executable=True)
+    for relative in ("cuda_runtime/include/cuda_runtime_api.h", "cuda_runtime/lib/libcudart_static.a"):
         _fake_file(nvidia / relative)
-    _only_wheels(monkeypatch, tmp_path / "site", tmp_path)
-    monkeypatch.setattr(build, "_nvidia_wheel_dirs", lambda: [nvidia])  # real CUDA 13 wheels would win
-    toolkit = build.find_cuda()
-    assert toolkit.nvcc == nvidia / "cuda_nvcc" / "bin" / "nvcc"
-    assert toolkit.include_dirs == (nvidia / "cuda_runtime" / "include", nvidia / "cuda_cccl" / "include")
-    assert toolkit.library_dirs == (nvidia / "cuda_runtime" / "lib",)
+    root = nvidia / "cuda_nvcc"
+    assert _find_nvcc_in_wheels(tmp_path, tmp_path / "site") == f"nvcc={root}/bin/nvcc;root={root}"
 
 
-def test_find_cuda_without_any_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_cmake_without_wheels_leaves_the_compiler_to_cmake(tmp_path: Path) -> None:
     (tmp_path / "site").mkdir()
-    _only_wheels(monkeypatch, tmp_path / "site", tmp_path)
-    monkeypatch.setattr(build, "_nvidia_wheel_dirs", lambda: [])
-    with pytest.raises(build.BuildError, match="pip install nvidia-cuda-nvcc") as raised:
-        build.find_cuda()
-    assert "\n" not in str(raised.value)
+    assert _find_nvcc_in_wheels(tmp_path, tmp_path / "site") == "nvcc=;root="
 
 
 @pytest.mark.parametrize(
@@ -279,22 +305,33 @@ def test_find_cuda_without_any_says_how_to_install(monkeypatch: pytest.MonkeyPat
             "#define NV_TENSORRT_MINOR TRT_MINOR_ENTERPRISE\n#define NV_TENSORRT_PATCH TRT_PATCH_ENTERPRISE\n",
             "11.1.0",
         ),
+        ("#define NV_TENSORRT_MAJOR 8\n#define NV_TENSORRT_MINOR 6\n#define NV_TENSORRT_PATCH 1\n", None),
     ],
 )
-def test_tensorrt_version_from_headers(defines: str, expected: str, tmp_path: Path) -> None:
+def test_tensorrt_version_from_headers(defines: str, expected: str | None, tmp_path: Path) -> None:
+    """FindTensorRTHeaders.cmake reads the version (through 11's indirection); headers before 10 are ignored."""
     (tmp_path / "include").mkdir()
     (tmp_path / "include" / "NvInferVersion.h").write_text(defines)
     (tmp_path / "include" / "NvInferRuntime.h").write_text("")
     include_dir = build.resolve_tensorrt_include(tmp_path)
     assert include_dir == tmp_path / "include"
-    assert build.tensorrt_version(include_dir) == expected
+    body = 'find_package(TensorRTHeaders QUIET)\nmessage("found=${TensorRTHeaders_FOUND};version=${TensorRTHeaders_VERSION}")'
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)}
+    output = _cmake_script(tmp_path, body, env, TENSORRT_INCLUDE_DIR=str(include_dir))
+    line = next(line for line in output.splitlines() if line.startswith("found="))
+    if expected is None:
+        assert line.startswith("found=FALSE") and "predate IPluginV3" in output
+    else:
+        assert line == f"found=TRUE;version={expected}"
 
 
-def test_load_without_tensorrt_is_a_one_line_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_without_tensorrt_is_a_one_line_user_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` raise ImportError
     monkeypatch.setattr(trt_plugins, "_loaded", None)
     with pytest.raises(UserError, match="needs TensorRT") as raised:
-        trt_plugins.load()
+        trt_plugins.load(tmp_path / "libcornerpool_trt.so")
     assert "\n" not in str(raised.value)
 
 
@@ -309,10 +346,12 @@ def test_load_registers_once_and_names_what_tensorrt_refuses(
     monkeypatch.setattr(trt_plugins, "_loaded", None)
     library = tmp_path / "libcornerpool_trt.so"
     library.write_bytes(FAKE_PLUGIN_MAGIC)
-    monkeypatch.setenv(trt_plugins.ENV_PLUGIN_LIBRARY, str(library))
-    assert trt_plugins.load() == trt_plugins.load() == str(library.resolve())
+    assert trt_plugins.load(library) == trt_plugins.load(str(library)) == str(library.resolve())
     assert trt.get_plugin_registry().loads == [str(library.resolve())]  # registered once
     assert PLUGIN_KEY in trt.registry.plugins
+    other = tmp_path / "other.so"
+    other.write_bytes(FAKE_PLUGIN_MAGIC)
+    assert trt_plugins.load(other) == str(library.resolve())  # one CornerPool library per process
 
     monkeypatch.setattr(trt_plugins, "_loaded", None)
     trt.registry.plugins.clear()
@@ -320,10 +359,11 @@ def test_load_registers_once_and_names_what_tensorrt_refuses(
     with pytest.raises(
         UserError, match=r"TensorRT 10\.16\.1\.11 refused to load the plugin library .*another"
     ):
-        trt_plugins.load()
-    monkeypatch.setenv(trt_plugins.ENV_PLUGIN_LIBRARY, str(tmp_path / "missing.so"))
-    with pytest.raises(UserError, match=r"CORNERNET_TRT_PLUGIN names .*missing\.so, which does not exist"):
-        trt_plugins.load()
+        trt_plugins.load(library)
+    with pytest.raises(
+        UserError, match=r"plugin library .*missing\.so does not exist; build it with python -m"
+    ):
+        trt_plugins.load(tmp_path / "missing.so")
 
 
 def test_build_cli_help_and_bad_arch(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ profile, deserialized (the plugin's runtime path) and run on several shapes; the
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 from typing import Any
 
@@ -18,6 +19,7 @@ from onnx import TensorProto, helper
 
 import trt_plugins
 from tests.corner_pool_cases import assert_bitwise_equal, make_input, reference
+from trt_plugins import build
 from trt_plugins.fields import FIELDS, MODES, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 ONNX_TYPES = {
@@ -77,8 +79,14 @@ def logger(trt: ModuleType) -> Any:
 
 @pytest.fixture(scope="module")
 def plugin_library(trt: ModuleType) -> str:
-    path = trt_plugins.load()
-    assert trt_plugins.load() == path  # idempotent: the second call registers nothing
+    # $CORNERNET_TRT_PLUGIN as given; else this checkout's build, brought up to date first (loading never builds)
+    try:
+        prebuilt = os.environ.get(trt_plugins.ENV_PLUGIN_LIBRARY)
+        library = trt_plugins.find_library() if prebuilt else build.ensure_plugin_library()
+    except build.MissingToolError as error:
+        pytest.skip(f"cannot build the plugin here: {error}")
+    path = trt_plugins.load(library)
+    assert trt_plugins.load(path) == path  # idempotent: the second call registers nothing
     creator = trt.get_plugin_registry().get_creator(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE)
     assert creator is not None
     return path

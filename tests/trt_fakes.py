@@ -11,15 +11,20 @@ allocations so leaks and double frees show. The "network" is fixed and simple, c
     size     [N, 2] int64   = (H, W) for every image
 
 What they cannot tell: whether real TensorRT accepts our calls at run time, how it behaves on a GPU.
+
+Also here: :class:`FakeEnv` (the stand-ins installed, a tiny ONNX model of that network with one CornerPool node,
+a fake plugin library with its identity stamp) shared by the TensorRT test modules.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import enum
 import json
 import sys
 import types
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -37,6 +42,7 @@ CACHE_MAGIC = b"FAKECACHE"
 class cudaError_t(enum.IntEnum):  # cuda-python's names
     cudaSuccess = 0
     cudaErrorInvalidValue = 1
+    cudaErrorMemoryAllocation = 2
     cudaErrorNoDevice = 100
 
 
@@ -69,6 +75,7 @@ class FakeCudart:
     graph_execs: int = 0  # live
     streams: int = 0  # live
     current: int = -1
+    fail_stream_create: bool = False  # test hook: cudaStreamCreateWithFlags reports out of memory
 
     cudaError_t = cudaError_t
     cudaMemcpyKind = cudaMemcpyKind
@@ -146,6 +153,8 @@ class FakeCudart:
             kernel()
 
     def cudaStreamCreateWithFlags(self, flags: int) -> tuple[CudaErr, int]:
+        if self.fail_stream_create:
+            return cudaError_t.cudaErrorMemoryAllocation, 0
         self.streams += 1
         return cudaError_t.cudaSuccess, 0x5000 + self.streams
 
@@ -259,6 +268,8 @@ def make_fake_trt(version: str, cudart: FakeCudart) -> types.ModuleType:
     registry = types.SimpleNamespace(plugins=set())
     trt.registry = registry  # test hook: plugin creators "registered"
     trt.cuda_init_fails = False  # test hook: Builder/Runtime raise as pybind11 does for a null factory result
+    trt.context_fails = False  # test hook: create_execution_context() returns None (out of device memory)
+    trt.live = weakref.WeakSet()  # test hook: Runtime, Engine and ExecutionContext objects still referenced
 
     class PluginRegistry:
         """``IPluginRegistry`` as the binding exposes it: ``load_library`` returns a handle, or None when the
@@ -541,7 +552,6 @@ def make_fake_trt(version: str, cudart: FakeCudart) -> types.ModuleType:
             self.names = [t[0] for t in plan["inputs"] + plan["outputs"]]
             self.dtypes = {t[0]: DataType[t[1]] for t in plan["inputs"] + plan["outputs"]}
             self.profile = plan["profile"]
-            self.contexts: list[ExecutionContext] = []
 
         num_io_tensors = property(lambda self: len(self.names))
 
@@ -554,17 +564,17 @@ def make_fake_trt(version: str, cudart: FakeCudart) -> types.ModuleType:
         def get_tensor_dtype(self, name: str) -> DataType:
             return self.dtypes[name]
 
-        def create_execution_context(self) -> ExecutionContext:
-            self.contexts.append(ExecutionContext(self))
-            return self.contexts[-1]
+        def create_execution_context(self) -> ExecutionContext | None:
+            if trt.context_fails:
+                return None
+            context = ExecutionContext(self)
+            trt.live.add(context)
+            return context
 
     class Runtime:
-        last: Runtime | None = None
-
         def __init__(self, logger: Logger) -> None:
             check_cuda_init()
-            Runtime.last = self
-            self.engine: Engine | None = None
+            trt.live.add(self)
 
         def deserialize_cuda_engine(self, data: bytes) -> Engine | None:
             if not data.startswith(PLAN_MAGIC):
@@ -572,8 +582,9 @@ def make_fake_trt(version: str, cudart: FakeCudart) -> types.ModuleType:
             plan = json.loads(data[len(PLAN_MAGIC) :])
             if plan["version"] != version or any(tuple(p) not in registry.plugins for p in plan["plugins"]):
                 return None
-            self.engine = Engine(plan)
-            return self.engine
+            engine = Engine(plan)
+            trt.live.add(engine)
+            return engine
 
     trt.Runtime = Runtime
     return trt
@@ -596,11 +607,125 @@ def install(monkeypatch: Any, trt: types.ModuleType | None, cudart: FakeCudart) 
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
 
 
-def fake_plugin_loader(trt: types.ModuleType, library: Path) -> Any:
-    """Stand-in for :func:`trt_plugins.load`: "registers" CornerPool with the fake registry."""
+def write_fake_plugin(
+    path: Path, sources_sha256: str = "a" * 64, version: str = "1", build: bytes = b"", stamp: bool = True
+) -> Path:
+    """A library the fake registry accepts (``build`` stands for what differs between two compilations) and, with
+    ``stamp``, its identity stamp as the CMake build writes it."""
+    from trt_plugins.stamp import stamp_path
 
-    def load() -> str:
-        trt.registry.plugins.add(PLUGIN_KEY)
-        return str(library)
+    path.write_bytes(FAKE_PLUGIN_MAGIC + build)
+    stamp_path(path).unlink(missing_ok=True)
+    if stamp:
+        name, _, namespace = PLUGIN_KEY
+        identity = {
+            "name": name,
+            "version": version,
+            "namespace": namespace,
+            "sources_sha256": sources_sha256,
+        }
+        stamp_path(path).write_text(json.dumps({**identity, "library": path.name, "cuda": "13.0.88"}))
+    return path
 
-    return load
+
+def tiny_onnx(path: Path, ckpt: Path, fp16: bool = False) -> Path:
+    """An ONNX with our metadata: images [N,3,H,W] -> CornerPool -> row_mean [N,H], size [N,2] (the fake's network)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from export.corner_pool_onnx import add_plugin_fallback
+    from runtime.backends.onnxruntime import META_KEY, PRECISION_KEY, SOURCE_CHECKPOINT_KEY, SOURCE_SHA256_KEY
+    from runtime.meta import ModelMeta, sha256_file
+
+    ckpt.write_bytes(b"weights")
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    row_mean = helper.make_tensor_value_info("row_mean", TensorProto.FLOAT, ["batch", "height"])
+    size = helper.make_tensor_value_info("size", TensorProto.INT64, ["batch", 2])
+    nodes = [
+        helper.make_node(
+            "CornerPool",
+            ["images"],
+            ["pooled"],
+            domain="cornernet",
+            mode=0,
+            plugin_version="1",
+            plugin_namespace="cornernet",
+        ),
+        helper.make_node("ReduceMean", ["pooled"], ["row_mean"], axes=[1, 3], keepdims=0),
+        helper.make_node("Shape", ["images"], ["size"], start=2),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "tiny", [x], [row_mean, size]),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("cornernet", 1)],
+    )
+    add_plugin_fallback(model, 17)  # the model-local CornerPool function every plugin export carries
+    meta = ModelMeta(classes=("a", "b", "c"))
+    for k, v in {
+        META_KEY: meta.to_json(),
+        SOURCE_CHECKPOINT_KEY: str(ckpt),
+        SOURCE_SHA256_KEY: sha256_file(ckpt),
+        PRECISION_KEY: "fp16" if fp16 else "fp32",
+    }.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, path)
+    return path
+
+
+def expected_outputs(x: np.ndarray) -> dict[str, np.ndarray]:
+    """What the fake network computes for ``x``."""
+    return {
+        "row_mean": x.mean(axis=(1, 3)),
+        "size": np.tile(np.array(x.shape[2:], np.int64), (x.shape[0], 1)),
+    }
+
+
+@dataclasses.dataclass
+class FakeEnv:
+    """The stand-ins installed, with a fake plugin library (``$CORNERNET_TRT_PLUGIN``) and a tiny ONNX model."""
+
+    trt: Any
+    cudart: FakeCudart
+    plugin: Path
+    onnx: Path
+    tmp: Path
+    logs: list[str]
+    monkeypatch: Any
+
+    def use_version(self, version: str) -> None:
+        """Install a fresh fake TensorRT ``version`` (nothing registered yet: as in a new process)."""
+        import runtime.cuda_env as cuda_env
+        import trt_plugins
+
+        self.trt = make_fake_trt(version, self.cudart)
+        install(self.monkeypatch, self.trt, self.cudart)
+        self.monkeypatch.setattr(trt_plugins, "_loaded", None)
+        self.monkeypatch.setattr(cuda_env, "_LOGGER", None)
+
+    def build(self, options: Any = None, model: Path | None = None, out: str = "m.plan") -> tuple[Path, Any]:
+        """``export.trt_build.build`` with the fakes (default: batch 2, a timing cache in ``tmp/cache``)."""
+        from export.trt_build import BuildOptions, build
+
+        options = options or BuildOptions(batch=2, timing_cache=self.tmp / "cache" / "t.cache")
+        return build(model or self.onnx, self.tmp / out, options, log=self.logs.append)
+
+
+def make_fake_env(version: str, monkeypatch: Any, tmp_path: Path) -> FakeEnv:
+    """A :class:`FakeEnv` of TensorRT ``version``; a real plugin build output is never found."""
+    import trt_plugins
+
+    plugin = write_fake_plugin(tmp_path / "libcornerpool_trt.so")
+    monkeypatch.setenv(trt_plugins.ENV_PLUGIN_LIBRARY, str(plugin))
+    monkeypatch.setattr(
+        trt_plugins, "default_library", lambda: tmp_path / "default-build" / "libcornerpool_trt.so"
+    )
+    env = FakeEnv(
+        None,
+        FakeCudart(),
+        plugin,
+        tiny_onnx(tmp_path / "tiny.onnx", tmp_path / "tiny.pth"),
+        tmp_path,
+        [],
+        monkeypatch,
+    )
+    env.use_version(version)
+    return env

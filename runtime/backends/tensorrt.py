@@ -25,7 +25,6 @@ from runtime.cuda_env import (
     gpu_info,
     import_cudart,
     import_tensorrt,
-    load_plugin_library,
     numpy_dtype,
     select_cuda_device,
     trt_logger,
@@ -45,6 +44,26 @@ from runtime.errors import UserError
 from .base import Backend
 
 
+def _load_plugin(sidecar: Sidecar, plugin: str | Path | None, where: str, rebuild: str) -> str:
+    """Find the prebuilt plugin library, check its identity against the sidecar, register it; never compiles.
+
+    Returns the registered library's path. Warns when the library's sources differ from the engine's (or it has no
+    stamp); ``UserError`` when none is found (with the build command) or its version differs.
+    """
+    import trt_plugins
+    from trt_plugins.stamp import read_identity
+
+    assert sidecar.plugin is not None
+    library = str(trt_plugins.find_library(plugin, recorded=sidecar.plugin.library))
+    warning = check_plugin(sidecar, library, read_identity(library), where, rebuild)  # before registering it
+    registered = trt_plugins.load(library)
+    if registered != library:  # this process registered another library earlier: that one runs the layers
+        warning = check_plugin(sidecar, registered, read_identity(registered), where, rebuild)
+    if warning:
+        warnings.warn(warning, stacklevel=3)
+    return registered
+
+
 @dataclass
 class _Buffer:
     """A device buffer and its pinned host mirror, grown on demand, reused across calls."""
@@ -57,17 +76,37 @@ class _Buffer:
 class TensorRTBackend(Backend):
     """Runs a ``.plan`` engine with one CUDA stream, device + pinned host buffers reused across calls.
 
+    Loading never compiles: the engine's CornerPool layers need a prebuilt plugin library, found by
+    :func:`trt_plugins.find_library` (``plugin``, then ``$CORNERNET_TRT_PLUGIN``, then the path the sidecar
+    recorded at build time, then ``trt_plugins/build/``) and checked against the sidecar by its identity
+    stamp (:func:`runtime.engine_sidecar.check_plugin`). Everything acquired is freed if construction
+    fails; ``close()`` (also on leaving a ``with`` block) frees the rest and may be called more than once.
+
     Args:
         path: the engine; ``path + ".json"`` must be its sidecar.
         device: ``"cuda"`` or ``"cuda:N"``.
         cuda_graph: capture the enqueue in a CUDA graph and replay it while the input shape stays the same
             (re-captured when the shape changes); worth it for small batches with fixed shapes.
+        plugin: the CornerPool plugin library to load (the commands' ``--plugin PATH``).
     """
 
     name = "tensorrt"
 
-    def __init__(self, path: str | Path, device: str | None = None, cuda_graph: bool = False) -> None:
-        self._closed = True  # until resources exist, close() has nothing to free
+    def __init__(
+        self,
+        path: str | Path,
+        device: str | None = None,
+        cuda_graph: bool = False,
+        plugin: str | Path | None = None,
+    ) -> None:
+        # Nothing is held yet: close() and _release() work from any point of the construction.
+        self._closed = True
+        self._runtime: Any = None
+        self._engine: Any = None
+        self._context: Any = None
+        self._stream: Any = None
+        self._buffers: dict[str, _Buffer] = {}
+        self._graph: Any = None  # cudaGraphExec_t for self._shape
         path = Path(path)
         side_path = sidecar_path(path)
         if not side_path.is_file():
@@ -89,14 +128,42 @@ class TensorRTBackend(Backend):
         plugin_lib = None
         if sidecar.plugin is not None and sidecar.plugin.layers > 0:
             # before deserializing: the engine's plugin layers need the creator registered
-            plugin_lib, plugin_sha, why = load_plugin_library()
-            if why:
-                where = f"{where} (plugin: {why})"
-            check_plugin(sidecar, plugin_lib, plugin_sha, where, rebuild)
+            plugin_lib = _load_plugin(sidecar, plugin, where, rebuild)
 
         self._trt, self._cudart, self._path, self._device = trt, cudart, path, index
         self.sidecar, self.meta, self.profile = sidecar, sidecar.meta, sidecar.profile
         self._rebuild = rebuild
+        try:
+            self._open(trt, cudart, path, sidecar, rebuild)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the construction error is the one to report
+                self._release()
+            raise
+        self._closed = False
+        self._shape: tuple[int, ...] | None = None
+        self._out_shapes: dict[str, tuple[int, ...]] = {}
+        self._use_graph = cuda_graph
+        self.info: dict[str, Any] = {
+            "engine": str(path),
+            "precision": sidecar.precision,
+            "tensorrt": trt.__version__,
+            "device": f"cuda:{index}",
+            "gpu": gpu.name,
+            "compute_capability": gpu.compute_capability,
+            "profile": {
+                "min": list(self.profile.min),
+                "opt": list(self.profile.opt),
+                "max": list(self.profile.max),
+            },
+            "plugin_library": plugin_lib,
+            "cuda_graph": cuda_graph,
+            "onnx": sidecar.source.onnx,
+            "source_checkpoint": sidecar.source.checkpoint,
+            "source_sha256": sidecar.source.checkpoint_sha256,
+        }
+
+    def _open(self, trt: Any, cudart: Any, path: Path, sidecar: Sidecar, rebuild: str) -> None:
+        """Runtime, engine, context, tensor names and types, stream; each kept on ``self`` as soon as it exists."""
         try:
             self._runtime = trt.Runtime(trt_logger(trt))
         except TypeError:  # pybind11: "factory function returned nullptr" when CUDA cannot initialise
@@ -121,36 +188,12 @@ class TensorRTBackend(Backend):
         self._input = inputs[0]
         self.output_names = tuple(n for n in names if n not in inputs)
         self._dtypes = {n: numpy_dtype(trt, self._engine.get_tensor_dtype(n), n, path) for n in names}
-
         self._stream = cuda_check(
             cudart,
             cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking),
             "cudaStreamCreateWithFlags",
         )
-        self._buffers: dict[str, _Buffer] = {n: _Buffer() for n in names}
-        self._closed = False
-        self._shape: tuple[int, ...] | None = None
-        self._out_shapes: dict[str, tuple[int, ...]] = {}
-        self._use_graph = cuda_graph
-        self._graph: Any = None  # cudaGraphExec_t for self._shape
-        self.info: dict[str, Any] = {
-            "engine": str(path),
-            "precision": sidecar.precision,
-            "tensorrt": trt.__version__,
-            "device": f"cuda:{index}",
-            "gpu": gpu.name,
-            "compute_capability": gpu.compute_capability,
-            "profile": {
-                "min": list(self.profile.min),
-                "opt": list(self.profile.opt),
-                "max": list(self.profile.max),
-            },
-            "plugin_library": plugin_lib,
-            "cuda_graph": cuda_graph,
-            "onnx": sidecar.source.onnx,
-            "source_checkpoint": sidecar.source.checkpoint,
-            "source_sha256": sidecar.source.checkpoint_sha256,
-        }
+        self._buffers = {n: _Buffer() for n in names}
 
     # -- buffers ------------------------------------------------------------------------------------
 
@@ -277,16 +320,42 @@ class TensorRTBackend(Backend):
         return {n: a.copy() for n, a in outs.items()}  # the pinned buffers are reused by the next call
 
     def close(self) -> None:
-        """Free graphs, buffers and the stream, then the context, engine and runtime (in that order)."""
+        """Free graphs, buffers and the stream, then the context, engine and runtime (in that order). Idempotent."""
         if self._closed:
             return
         self._closed = True
-        cuda_check(self._cudart, self._cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-        self._drop_graph()
-        for buf in self._buffers.values():
-            self._free(buf)
-        cuda_check(self._cudart, self._cudart.cudaStreamDestroy(self._stream), "cudaStreamDestroy")
-        del self._context, self._engine, self._runtime
+        self._release()
+
+    def _release(self) -> None:
+        """Free whatever is held, each step even if an earlier one failed; then raise the first failure."""
+        cudart = self._cudart
+        steps: list[Any] = []
+        if self._stream is not None:
+            steps.append(
+                lambda: cuda_check(
+                    cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize"
+                )
+            )
+        steps.append(self._drop_graph)
+        steps += [lambda buf=buf: self._free(buf) for buf in self._buffers.values()]
+        if self._stream is not None:
+            steps.append(
+                lambda: cuda_check(cudart, cudart.cudaStreamDestroy(self._stream), "cudaStreamDestroy")
+            )
+        first: BaseException | None = None
+        for step in steps:
+            try:
+                step()
+            except Exception as error:
+                first = first or error
+        self._stream = None
+        self._buffers = {}
+        # TensorRT objects go in dependency order: the context uses the engine, the engine the runtime.
+        self._context = None
+        self._engine = None
+        self._runtime = None
+        if first is not None:
+            raise first
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter shutdown CUDA may already be gone

@@ -14,7 +14,11 @@ endforeach()
 if(DEFINED TENSORRT_ROOT)
     list(APPEND _trt_hints "${TENSORRT_ROOT}" "${TENSORRT_ROOT}/include")
 endif()
-find_program(_trt_python NAMES python3 python)
+if(CORNERNET_PYTHON)
+    set(_trt_python "${CORNERNET_PYTHON}")
+else()
+    find_program(_trt_python NAMES python3 python)
+endif()
 if(_trt_python)
     execute_process(
         COMMAND "${_trt_python}" -c "import importlib.util as u\nfor n in ('tensorrt', 'tensorrt_libs'):\n    s = u.find_spec(n)\n    print(*(s.submodule_search_locations or []) if s else [], sep=';', end=';')"

@@ -3,14 +3,23 @@
 # CUDA 13 wheels install site-packages/nvidia/cu13/{bin,include,lib}, CUDA 12 ones nvidia/cuda_nvcc/bin.
 # Wheels have lib/ but no lib64/ and no unversioned libcudart.so, so the directory is passed to the linker for
 # CMake's compiler checks and FindCUDAToolkit is told where libcudart.so.<major> is.
+# CORNERNET_PYTHON (python -m trt_plugins.build passes its own interpreter) says whose wheels to use;
+# CORNERNET_SYSTEM_NVCC_PATHS (default /usr/local/cuda/bin) where a system install may be.
 if(DEFINED CMAKE_CUDA_COMPILER OR DEFINED ENV{CUDACXX})
     return()
 endif()
-find_program(_system_nvcc nvcc HINTS ENV CUDA_HOME ENV CUDA_PATH PATH_SUFFIXES bin PATHS /usr/local/cuda/bin)
+if(NOT DEFINED CORNERNET_SYSTEM_NVCC_PATHS)
+    set(CORNERNET_SYSTEM_NVCC_PATHS /usr/local/cuda/bin)
+endif()
+find_program(_system_nvcc nvcc HINTS ENV CUDA_HOME ENV CUDA_PATH PATH_SUFFIXES bin PATHS ${CORNERNET_SYSTEM_NVCC_PATHS})
 if(_system_nvcc)
     return()
 endif()
-find_program(_wheel_python NAMES python3 python)
+if(CORNERNET_PYTHON)
+    set(_wheel_python "${CORNERNET_PYTHON}")
+else()
+    find_program(_wheel_python NAMES python3 python)
+endif()
 if(NOT _wheel_python)
     return()
 endif()
