@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from runtime.names import HEAD_OUTPUTS
 from trainer.data.targets import CornerTargets, build_targets, draw_gaussian, gaussian_radius
 from trainer.losses import (
-    HEAD_NAMES,
     LOSS_NAMES,
     associative_embedding_loss,
     corner_losses,
@@ -49,7 +49,7 @@ def _golden_targets(case: dict) -> CornerTargets:
 
 def _golden_heads(case: dict, stack: int) -> dict[str, torch.Tensor]:
     outs = case["head_outputs_fp16"]
-    return {name: outs[name + "s"][stack].float() for name in HEAD_NAMES}
+    return {name: outs[name + "s"][stack].float() for name in HEAD_OUTPUTS}
 
 
 def _random_heads(batch: int, classes: int, size: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -57,7 +57,7 @@ def _random_heads(batch: int, classes: int, size: int, seed: int = 0) -> dict[st
     channels = {"heat": classes, "emb": 1, "off": 2}
     return {
         name: torch.randn(batch, channels[name[3:]], size, size, generator=gen).requires_grad_()
-        for name in HEAD_NAMES
+        for name in HEAD_OUTPUTS
     }
 
 
@@ -187,7 +187,7 @@ def test_batch_one_with_zero_or_one_object(num_objects: int) -> None:
     for name, value in losses.items():
         assert torch.isfinite(value), name
     losses["loss"].backward()
-    for name in HEAD_NAMES:
+    for name in HEAD_OUTPUTS:
         grad = heads[name].grad
         assert grad is not None and torch.isfinite(grad).all(), name
 
@@ -214,7 +214,7 @@ def test_gradients_reach_all_six_heads() -> None:
     targets = build_targets(boxes, labels, (32, 32), (127, 127), num_classes=3)
     heads = _random_heads(2, 3, 32, seed=1)
     corner_losses([heads], targets)["loss"].backward()
-    for name in HEAD_NAMES:
+    for name in HEAD_OUTPUTS:
         grad = heads[name].grad
         assert grad is not None and torch.isfinite(grad).all(), name
         assert grad.abs().sum() > 0, name

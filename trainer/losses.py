@@ -18,7 +18,6 @@ from runtime.names import HEAD_OUTPUTS
 
 from .data.targets import CornerMatch, CornerTargets
 
-HEAD_NAMES = HEAD_OUTPUTS  # the head maps the losses read, in the model's order
 LOSS_NAMES = ("det_loss", "pull_loss", "push_loss", "off_loss")
 
 # mmdet's weight_reduce_loss divides by ``avg_factor + eps`` (float32 eps) to avoid division by zero;
