@@ -51,7 +51,7 @@ class OnnxRuntimeBackend(Backend):
             raise UserError(
                 f"{path}: no '{META_KEY}' metadata, so it was not exported by cornernet-deploy; export it with python -m export.to_onnx CHECKPOINT.pth"
             )
-        self.meta = ModelMeta.from_json(props[META_KEY])
+        self.meta = ModelMeta.from_json(props[META_KEY], f"{path} metadata")
         available = ort.get_available_providers()
         want_cuda = device is None or device.startswith("cuda")
         if device is not None and device.startswith("cuda") and "CUDAExecutionProvider" not in available:
