@@ -29,11 +29,15 @@ setup(
         "tensorboard>=2.21,<2.22",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3.8", "ruff>=0.17", "hypothesis>=6.100", "mypy>=1.10"],
+        # cmake: the plugin tests build the kernels with trt_plugins/CMakeLists.txt (wherever nvcc exists).
+        "dev": ["pytest>=8", "pytest-xdist>=3.8", "ruff>=0.17", "hypothesis>=6.100", "mypy>=1.10", "cmake>=3.24"],
         # GPU deployment. TensorRT's PyPI packages download NVIDIA's libraries from NVIDIA's own index.
-        "gpu": ["tensorrt>=10.0,<12", "cuda-python>=12.6", "nvidia-cuda-nvcc", "nvidia-cuda-runtime", "nvidia-cuda-cccl"],
+        "gpu": [
+            "tensorrt>=10.0,<12", "cuda-python>=12.6", "nvidia-cuda-nvcc", "nvidia-cuda-runtime", "nvidia-cuda-cccl",
+            "cmake>=3.24",
+        ],
         # Only the CUDA compiler, to build the plugin's kernels on a machine without a GPU.
-        "cuda-build": ["nvidia-cuda-nvcc", "nvidia-cuda-runtime", "nvidia-cuda-cccl"],
+        "cuda-build": ["nvidia-cuda-nvcc", "nvidia-cuda-runtime", "nvidia-cuda-cccl", "cmake>=3.24"],
         # Serving (export.to_triton, runtime.serve, TritonClient). The server binary on a CPU machine comes from
         # `pip install --no-deps nvidia-pytriton==0.7.0`: only its binaries are used, and --no-deps keeps its
         # numpy<2 pin out (the server's Python backend stub gets numpy<2 from `python -m runtime.serve --setup`).

@@ -19,7 +19,7 @@ fi
 # Two workers for two cores; one BLAS/OpenMP thread each so they don't fight over the cores.
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 python3 -m ruff check trainer export trt_plugins runtime tests benchmarks setup.py
-# The TensorRT layer cannot run here: type-check it (its API names are pinned by tests/test_trt_runtime.py).
+# The TensorRT layer cannot run here: type-check it (its API names are pinned by tests/test_trt_api_names.py).
 python3 -m mypy --ignore-missing-imports --follow-imports=silent \
     runtime/backends/tensorrt.py runtime/cuda_env.py runtime/engine_sidecar.py export/trt_build.py export/to_trt.py
 exec python3 -m pytest -n 2 --dist loadfile -q "$@" tests
