@@ -15,8 +15,7 @@ The weight is ``float32(exp(float64(-(iou * iou) / sigma)))`` with the IoU and t
 float32, as the numpy reference computes it. The C library's ``exp`` costs more than the rest of a
 step together, so :func:`_exp_or_nan` evaluates it with a polynomial that vectorises and returns
 NaN wherever its float32 rounding could differ from the library's; the walk then calls the library
-(one argument in about a million, and every argument outside ``[-10, 0]``, which needs a
-``sigma`` below 0.1).
+(one argument in about a million, and every argument outside ``[-80, 0]``).
 """
 
 from __future__ import annotations
@@ -24,6 +23,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from runtime.jit import inline, kernel
 
@@ -36,35 +38,52 @@ _ROUND = 6755399441055744.0
 _C = [1.0 / math.factorial(j) for j in range(13)]
 _C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12 = _C
 # exp(r) for |r| <= ln2 / 2 by Taylor's degree-12 polynomial: truncation < 2^-51; the roundings of
-# Estrin's evaluation (depth 8) < 2^-50 times sum |c_i r^i| / p(r) <= e^ln2 = 2, so < 2^-49; with r's
-# own error the double is within 2^-48.5 of exp(a) relatively, and the C library's exp within one
-# double ulp (2^-52). If both ends of d * (1 -+ 2^-47) round to the same float32, the library's
-# value, which lies between them, rounds there too.
+# Estrin's evaluation with fused multiply-adds (at most 6 on any path) < 2^-50 times
+# sum |c_i r^i| / p(r) <= e^ln2 = 2, so < 2^-49; with r's own error the double is within 2^-48.5 of
+# exp(a) relatively, and the C library's exp within one double ulp (2^-52). If both ends of
+# d * (1 -+ 2^-47) round to the same float32, the library's value, which lies between them, rounds
+# there too.
 _BELOW = 1.0 - 2.0**-47
 _ABOVE = 1.0 + 2.0**-47
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):  # pragma: no cover - compiled
+    """``a * b + c`` rounded once (the CPU's fused multiply-add where it has one)."""
+    sig = types.float64(types.float64, types.float64, types.float64)
+    return sig, lambda context, builder, signature, args: builder.fma(*args)
+
+
+@intrinsic
+def _pow2(typingctx, k):  # pragma: no cover - compiled
+    """``2.0 ** k`` for an int64 ``k`` in ``[-1022, 1023]``: the double whose exponent field is ``k + 1023``."""
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        bits = builder.shl(builder.add(args[0], ir.Constant(i64, 1023)), ir.Constant(i64, 52))
+        return builder.bitcast(bits, ir.DoubleType())
+
+    return types.float64(types.int64), codegen
 
 
 @inline
 def _exp_or_nan(arg):  # pragma: no cover - compiled
     """``float32(exp(float64(arg)))`` for a float32 ``arg``, or NaN where the library must decide."""
     a = np.float64(arg)
-    ok = (a >= -10.0) & (a <= 0.0)  # False for NaN too
+    ok = (a >= -80.0) & (a <= 0.0)  # exp(a) is a normal float32 (False for NaN too)
     a = a if ok else 0.0
-    kd = (a * _INV_LN2 + _ROUND) - _ROUND  # a = k ln2 + r with k = kd in [-15, 0]
-    r = (a - kd * _LN2_HI) - kd * _LN2_LO
+    kd = _fma(a, _INV_LN2, _ROUND) - _ROUND  # a = k ln2 + r with k = kd in [-116, 0]
+    r = _fma(kd, -_LN2_HI, a)
+    r = _fma(kd, -_LN2_LO, r)
     # Estrin's scheme: a short dependency chain, so the vectorised loop is not latency-bound.
     r2 = r * r
     r4 = r2 * r2
     r8 = r4 * r4
-    s0 = (_C0 + _C1 * r) + (_C2 + _C3 * r) * r2
-    s1 = (_C4 + _C5 * r) + (_C6 + _C7 * r) * r2
-    s2 = (_C8 + _C9 * r) + (_C10 + _C11 * r) * r2
-    p = (s0 + s1 * r4) + (s2 + _C12 * r4) * r8
-    # 2^k from the bits of -k, by selects rather than a table lookup, so the loop stays vectorised.
-    k = -np.int64(kd)
-    scale = (0.5 if k & 1 else 1.0) * (0.25 if k & 2 else 1.0)
-    scale = scale * ((0.0625 if k & 4 else 1.0) * (0.00390625 if k & 8 else 1.0))
-    d = p * scale  # exact: a power of two
+    s0 = _fma(_fma(_C3, r, _C2), r2, _fma(_C1, r, _C0))
+    s1 = _fma(_fma(_C7, r, _C6), r2, _fma(_C5, r, _C4))
+    s2 = _fma(_fma(_C11, r, _C10), r2, _fma(_C9, r, _C8))
+    p = _fma(_fma(_C12, r4, s2), r8, _fma(s1, r4, s0))
+    d = p * _pow2(np.int64(kd))  # exact: a power of two
     f = np.float32(d)
     ok = ok & (np.float32(d * _BELOW) == f) & (np.float32(d * _ABOVE) == f)
     return f if ok else np.float32(np.nan)
