@@ -196,20 +196,23 @@ class PostModel(_Model):
     def initialize(self, args: dict[str, str]) -> None:
         from runtime.meta import ModelMeta
 
+        # imported here, not per request: the decoder's numba kernels compile (or load) at import, before "ready"
+        from runtime.pipeline import outputs_to_proposals
+        from runtime.postprocess import postprocess
+
+        self.to_proposals, self.postprocess = outputs_to_proposals, postprocess
         params = config_parameters(args)
         self.meta = ModelMeta.from_json(params[META_PARAM])
         config = json.loads(args["model_config"])
         self.output_names = [i["name"] for i in config["input"] if i["name"] != "image_meta"]
 
     def run(self, request: Any) -> dict[str, np.ndarray]:
-        from runtime.pipeline import outputs_to_proposals
-        from runtime.postprocess import postprocess
         from runtime.preprocess import feature_shape
 
         meta = unpack_image_meta(_input(request, "image_meta"))
         outputs = {n: _input(request, n) for n in self.output_names}
-        props = outputs_to_proposals(outputs, feature_shape(*meta.pad_shape), self.meta)
-        dets = postprocess(props[:1], [meta], self.meta.test_cfg)
+        props = self.to_proposals(outputs, feature_shape(*meta.pad_shape), self.meta)
+        dets = self.postprocess(props[:1], [meta], self.meta.test_cfg)
         return {
             "boxes": dets.boxes.astype(np.float32, copy=False).reshape(1, -1, 4),
             "scores": dets.scores.astype(np.float32, copy=False).reshape(1, -1),
