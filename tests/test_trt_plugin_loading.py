@@ -199,6 +199,9 @@ def test_library_is_looked_for_in_order(fake: FakeEnv, monkeypatch: pytest.Monke
         with TensorRTBackend(engine, plugin=plugin) as backend:
             chosen.append(Path(backend.info["plugin_library"]).name)
     assert chosen == ["explicit.so", "env.so", "libcornerpool_trt.so", "default.so"]
+    assert trt_plugins.library_path() == str(default)  # what export.to_triton copies when nothing is recorded
+    monkeypatch.setenv(trt_plugins.ENV_PLUGIN_LIBRARY, str(env))
+    assert trt_plugins.library_path() == str(env.resolve())
 
 
 def test_to_trt_builds_a_stale_plugin_and_loading_does_not(

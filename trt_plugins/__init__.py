@@ -21,7 +21,7 @@ from pathlib import Path
 from runtime.errors import UserError
 from trt_plugins.fields import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
-__all__ = ["ENV_PLUGIN_LIBRARY", "default_library", "find_library", "load"]
+__all__ = ["ENV_PLUGIN_LIBRARY", "default_library", "find_library", "library_path", "load"]
 
 #: Environment variable naming a prebuilt plugin library.
 ENV_PLUGIN_LIBRARY = "CORNERNET_TRT_PLUGIN"
@@ -35,6 +35,13 @@ def default_library() -> Path:
     from trt_plugins import build
 
     return build.default_build_dir() / build.PLUGIN_LIBRARY
+
+
+def library_path() -> str:
+    """``$CORNERNET_TRT_PLUGIN`` if set, else :func:`default_library` (it may not exist; :func:`find_library` says
+    what to do when none does)."""
+    override = os.environ.get(ENV_PLUGIN_LIBRARY)
+    return str(Path(override).expanduser().resolve()) if override else str(default_library())
 
 
 def find_library(explicit: str | os.PathLike[str] | None = None, recorded: str | None = None) -> Path:
