@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
 from runtime.decode import (
     HEAD_OUTPUTS,
+    PROPOSAL_OUTPUTS,
     CornerProposals,
     Detections,
     _topk_dense,
@@ -24,12 +26,14 @@ from runtime.decode import (
     pair_corners_reference,
     topk_corners,
 )
+from runtime.decode_fast import cells_above, kth_peak, pair_top
+from runtime.jit import kernel
 from runtime.meta import ModelMeta, TestConfig
 from runtime.pipeline import outputs_to_proposals
 from runtime.postprocess import postprocess
 from runtime.preprocess import ImageMeta, feature_shape
 from runtime.soft_nms import batched_soft_nms, class_offset_boxes, soft_nms, soft_nms_reference
-from runtime.soft_nms_fast import exp_float32
+from runtime.soft_nms_fast import exp_float32, soft_nms_kernel
 
 F = np.float32
 CFG = TestConfig()
@@ -209,3 +213,40 @@ def test_pipeline_postprocess_equals_reference_on_golden(golden_dir: Path):
             assert np.array_equal(got.boxes, want.boxes), r["file"]
             assert np.array_equal(got.scores, want.scores), r["file"]
             assert np.array_equal(got.labels, want.labels), r["file"]
+
+
+# --- compilation --------------------------------------------------------------------------------
+
+
+def test_calls_never_compile_again():
+    # Each kernel has one signature, compiled at import; the wrappers convert whatever they are given
+    # (float64 boxes, int32 indices as TensorRT returns them) instead of triggering a new compile.
+    kernels = [soft_nms_kernel, pair_top, kth_peak, cells_above, exp_float32]
+    rng = np.random.default_rng(0)
+    b, s = random_boxes(rng, 50, "clusters")
+    soft_nms(b.astype(np.float64), s.astype(np.float64))
+    batched_soft_nms(b.tolist(), s.tolist(), [0, 1] * 25)
+    props = random_proposals(rng, 10, 10)
+    narrow = {n: getattr(props, n) for n in PROPOSAL_OUTPUTS}
+    narrow["tl_inds"] = narrow["tl_inds"].astype(np.int32)
+    narrow["br_scores"] = narrow["br_scores"].astype(np.float64)
+    pair_corners(CornerProposals(props.feat_shape, **narrow), META)
+    topk_corners(rng.normal(0, 1, (2, 8, 8)), 5)  # float64 logits
+    topk_corners(np.asfortranarray(rng.normal(0, 1, (2, 8, 8)).astype(F)), 5)
+    for k in kernels:
+        assert len(k.signatures) == 1, k
+
+
+def test_kernels_compile_where_no_cache_location_is_writable(monkeypatch):
+    # numba refuses cache=True when no cache folder is usable; the kernels then compile in memory.
+    import numba.core.caching as caching
+
+    monkeypatch.setattr(caching.CacheImpl, "_locator_classes", [])
+    with pytest.raises(RuntimeError, match="cannot cache"):
+        numba.njit("int64(int64)", cache=True)(lambda x: x + 1)
+
+    @kernel("int64(int64)")
+    def plus_one(x):
+        return x + 1
+
+    assert plus_one(2) == 3
