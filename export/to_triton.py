@@ -27,7 +27,7 @@ import json
 import re
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ MODEL_PY = {
 }
 
 
-class Enum(str):
+class PbEnum(str):
     """A protobuf enum value: written bare in ``config.pbtxt``."""
 
 
@@ -66,7 +66,6 @@ class NetSpec:
     max_batch: int | None = None  # the engine profile's limit
     max_hw: tuple[int, int] | None = None  # the engine profile's largest canvas
     plugin: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # -- reading the model file ---------------------------------------------------------------------------
@@ -171,7 +170,7 @@ def read_net_spec(model: str | Path, plugin: str | None = None) -> NetSpec:
 
 
 def _value(v: Any) -> str:
-    if isinstance(v, Enum):
+    if isinstance(v, PbEnum):
         return str(v)
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -199,7 +198,7 @@ def pbtxt(fields: dict[str, Any], indent: str = "") -> str:
 
 
 def _tensor(name: str, dtype: str, dims: list[int], **extra: Any) -> dict[str, Any]:
-    return {"name": name, "data_type": Enum(TRITON_DTYPES.get(dtype, dtype)), "dims": list(dims), **extra}
+    return {"name": name, "data_type": PbEnum(TRITON_DTYPES.get(dtype, dtype)), "dims": list(dims), **extra}
 
 
 def _params(values: dict[str, str]) -> list[dict[str, Any]]:
@@ -245,7 +244,7 @@ def model_configs(spec: NetSpec, opt: RepoOptions, net_backend: str) -> dict[str
         _tensor("scores", "float32", [-1]),
         _tensor("labels", "int32", [-1], label_filename="labels.txt"),
     ]
-    cpu_group = [{"count": opt.pre_post_instances, "kind": Enum("KIND_CPU")}]
+    cpu_group = [{"count": opt.pre_post_instances, "kind": PbEnum("KIND_CPU")}]
     pre = {
         "name": f"{name}_pre",
         "backend": "python",
@@ -272,7 +271,7 @@ def model_configs(spec: NetSpec, opt: RepoOptions, net_backend: str) -> dict[str
             "input": [_tensor(spec.input_name, "float32", [3, -1, -1])],
             "output": net_outputs,
             "dynamic_batching": batching,
-            "instance_group": [{"count": opt.instances, "kind": Enum(kind)}],
+            "instance_group": [{"count": opt.instances, "kind": PbEnum(kind)}],
         }
     )
     if net_backend == "python":
@@ -440,14 +439,19 @@ python -m runtime.serve {repo} --http-port 8000 --grpc-port 8001 --metrics-port 
 ```
 
 In NVIDIA's server container (`nvcr.io/nvidia/tritonserver:<yy.mm>-py3`, the TensorRT version the engine
-was built with), with this package installed in the container's Python for the Python-backend steps:
+was built with), with this project installed in the container's Python for the Python-backend steps:
 
 ```bash
-docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v $PWD/{repo.name}:/models \\
+docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 \\
+    -v $PWD/{repo.name}:/models -v /path/to/cornernet-deploy:/src \\
     nvcr.io/nvidia/tritonserver:<yy.mm>-py3 bash -c \\
-    'pip install cornernet-deploy && tritonserver --model-repository /models \\
+    'pip install /src && tritonserver --model-repository /models \\
      --backend-config=tensorrt,plugins=/models/{plugin}'
 ```
+
+The Python backend's stub must match the numpy it finds: a stub built against numpy 1.x (as in
+`nvidia-pytriton` 0.7.0) misreads numpy 2 arrays and dies on the first BYTES input
+(`deserialize_bytes_tensor` in its log); give such a stub numpy<2, as `python -m runtime.serve --setup` does.
 
 A TensorRT engine with CornerPool layers needs the plugin library loaded into the server: the
 `--backend-config=tensorrt,plugins=...` flag above (several libraries separated by `;`), or
