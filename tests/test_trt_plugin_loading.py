@@ -306,9 +306,16 @@ def test_failed_construction_frees_everything(fake: FakeEnv, where: str, message
     gc.collect()  # e keeps the half-built backend alive: what it still holds must be nothing
     assert not fake.trt.live, f"TensorRT objects still held after a failure at {where}: {list(fake.trt.live)}"
     assert fake.cudart.streams == 0 and not fake.cudart.allocations
-    backend = e.traceback[-1].frame.f_locals.get("self")
-    if isinstance(backend, TensorRTBackend):
-        backend.close()  # a no-op on a backend that never opened
+    (backend,) = {
+        id(f): f
+        for entry in e.traceback
+        if isinstance(f := entry.frame.f_locals.get("self"), TensorRTBackend)
+    }.values()
+    assert (
+        backend._closed and backend._runtime is backend._engine is backend._context is backend._stream is None
+    )
+    backend.close()  # a no-op on a backend that never opened
+    backend.close()
 
 
 def test_close_is_idempotent_and_final(fake: FakeEnv) -> None:
