@@ -1,4 +1,4 @@
-"""Gaussian soft-NMS, reproducing mmcv 2.x's CPU ``soft_nms`` and ``batched_nms`` exactly, in numpy.
+"""Gaussian soft-NMS, reproducing mmcv 2.x's CPU ``soft_nms`` and ``batched_nms`` exactly.
 
 The facts of mmcv's algorithm (``mmcv/ops/csrc/pytorch/cpu/nms.cpp``, ``mmcv/ops/nms.py``) that decide
 the exact output, and that this module keeps:
@@ -14,10 +14,10 @@ the exact output, and that this module keeps:
   the shifted boxes (whose widths lose low bits) are what soft-NMS sees.
 
 Two implementations with the same results, bit for bit: :func:`soft_nms_reference`, readable numpy
-whose inner update is vectorised over the remaining boxes (the tests hold it against a literal
-re-statement of mmcv's loop), and :func:`soft_nms`, the compiled kernels of
-:mod:`runtime.soft_nms_fast` that everything else calls (about 50x faster on a trained model's
-1000 candidates; ``benchmarks/bench_decode.py``).
+whose inner update is vectorised over the remaining boxes, and :func:`soft_nms`, the compiled kernel
+of :mod:`runtime.soft_nms_fast` that everything else calls (20-30x faster on a trained model's
+1000 candidates, ``python -m benchmarks.bench_decode``). The tests hold both to a literal
+re-statement of mmcv's loop.
 """
 
 from __future__ import annotations
