@@ -208,6 +208,15 @@ def _group_alive(pgid: int) -> list[int]:
     return alive
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the thread that started it dies (Linux), so a killed
+    ``runtime.serve`` or test run leaves no server behind."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class TritonServer:
     """A ``tritonserver`` process on 127.0.0.1 for ``repo``; a context manager that always stops it.
 
@@ -282,7 +291,13 @@ class TritonServer:
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
 
     def _errors(self) -> str:
