@@ -127,15 +127,9 @@ def _engine_spec(path: Path, plugin: str | None) -> NetSpec:
     outputs = [(t.name, t.dtype, list(t.shape[1:])) for t in sc.outputs]
     lib = None
     if sc.plugin is not None and sc.plugin.layers > 0:
-        lib = Path(plugin or sc.plugin.library)  # where it was at build time, else where trt_plugins builds it
-        if not plugin and not lib.is_file():
-            from trt_plugins import library_path
+        from trt_plugins import find_library
 
-            lib = Path(library_path())
-        if not lib.is_file():
-            raise UserError(
-                f"{path}: its plugin library {lib} is missing; build it (python -m trt_plugins.build) or pass --plugin PATH"
-            )
+        lib = find_library(plugin, sc.plugin.library)  # --plugin, $CORNERNET_TRT_PLUGIN, the recorded path, the build's
     info = {
         "precision": sc.precision,
         "source_checkpoint": sc.source.checkpoint,

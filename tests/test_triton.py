@@ -436,3 +436,13 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_plan_without_its_plugin_library_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine, _ = _fake_engine(tmp_path)
+    monkeypatch.setenv("CORNERNET_TRT_PLUGIN", str(tmp_path / "missing.so"))
+    assert to_triton.main([str(engine), "--repo", str(tmp_path / "models")]) == 2
+    assert "missing.so, which does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "models").exists()  # nothing half-written
