@@ -24,6 +24,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,7 +57,10 @@ DEFAULT_GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 def make_parser() -> argparse.ArgumentParser:
     p = parser_from_doc("python -m benchmarks.bench_decode", __doc__)
     p.add_argument("--runs", type=int, default=30, help="timed runs per case (after 3 warm-up runs)")
-    p.add_argument("--golden", type=Path, default=DEFAULT_GOLDEN, help="the golden outputs folder")
+    p.add_argument(
+        "--golden", type=Path, default=None,
+        help="the golden outputs folder (default: ../shared/golden, else the repository's tests/data/golden)",
+    )  # fmt: skip
     p.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last one allowed)")
     p.add_argument("--check-exp", action="store_true", help="only the exhaustive exp check (a few minutes)")
     return p
@@ -259,11 +263,22 @@ def pin(cpu: int | None) -> str:
     return f"pinned to CPU {cpu} of {len(allowed)}"
 
 
+def default_golden() -> Path:
+    """``../shared/golden`` beside the repository, else the repository's trimmed copy, unpacked once."""
+    if (DEFAULT_GOLDEN / "golden.json").is_file():
+        return DEFAULT_GOLDEN
+    from tests.data.golden_codec import unpacked
+
+    return unpacked(Path(tempfile.gettempdir()) / "cornernet-golden")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.check_exp:
         return check_exp()
     if args.runs < 1:
         raise UserError(f"--runs must be at least 1, got {args.runs}")
+    if args.golden is None:
+        args.golden = default_golden()
     if not (args.golden / "decode_hg104.npz").is_file() or not (args.golden / "outputs.npz").is_file():
         raise UserError(f"{args.golden}: no golden outputs there; pass --golden DIR (../shared/golden)")
     print(f"one core: {pin(args.cpu)}; load average {os.getloadavg()[0]:.1f} (others share this machine)")
