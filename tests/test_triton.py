@@ -126,6 +126,23 @@ def test_detector_on_a_served_address(server: TritonServer, in_process: dict[str
         assert match_detections(ref, r.detections()).rate == 1.0
 
 
+def test_eval_verify_on_a_served_address(server: TritonServer, golden_dir: Path, tmp_path: Path) -> None:
+    """The issue's proof that serving changed nothing: runtime.eval on the address, verified against the checkpoint."""
+    import json
+
+    from runtime import eval as eval_cmd
+
+    report = tmp_path / "report.json"
+    coco = ["--ann", str(golden_dir / "coco" / "annotations.json"), "--images", str(golden_dir / "coco" / "images")]
+    ckpt = str(golden_dir / "mmdet_checkpoint.pth")
+    assert eval_cmd.main([_address(server, "grpc", "onnx"), *coco, "--verify", ckpt, "--report", str(report)]) == 0
+    r = json.loads(report.read_text())
+    assert r["backend"] == "triton" and r["verify"]["passed"]
+    assert r["backend_info"]["source_sha256"] == r["verify"]["reference_sha256"]
+    matched = next(c for c in r["verify"]["criteria"] if c["name"] == "detections")
+    assert matched["measured"] == 1.0 and r["stats"]["AP"] > 0.3
+
+
 def _crops(golden_dir: Path, n: int) -> list[bytes]:
     """``n`` different PNGs of one size (one padded shape, so Triton may batch them)."""
     images = [cv2.imread(str(p)) for p in _golden_images(golden_dir)]
