@@ -9,11 +9,14 @@ Cases, each checked for identical results (fast vs reference, and vs mmdet where
   what the pipeline does per image after the network, ``outputs_to_proposals`` + ``postprocess``.
 - ``worst``: synthetic candidate sets of 1000 boxes in 3 classes (clusters, and boxes that all overlap
   a little so that soft-NMS removes none), and 2000 (flip TTA's maximum): pairing-free soft-NMS.
+- with ``--model``: any trained model (``.pth``, ``.onnx``, ``.plan``) run on ``--images``; the
+  network runs once per image, untimed, and its post-processing is timed as in ``demo``.
 
 The process is pinned to one CPU; the kernels compile (or load from numba's cache) at import, before
 any timing. Medians of wall time, and of thread CPU time, which shared machines disturb less.
 
     python -m benchmarks.bench_decode [--runs 30] [--golden DIR] [--cpu N]
+    python -m benchmarks.bench_decode --model runs/demo/tiny.onnx --images data/synthetic/val2017
     python -m benchmarks.bench_decode --check-exp    # the soft-NMS exp against numpy's, every float32 <= 0
 """
 
@@ -62,6 +65,9 @@ def make_parser() -> argparse.ArgumentParser:
         help="the golden outputs folder (default: ../shared/golden, else the repository's tests/data/golden)",
     )  # fmt: skip
     p.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last one allowed)")
+    p.add_argument("--model", type=Path, help="also time a trained model's post-processing (.pth, .onnx, .plan)")
+    p.add_argument("--images", type=Path, help="with --model: a folder of images (the first --limit)")
+    p.add_argument("--limit", type=int, default=12, help="with --model: images to run (default 12)")
     p.add_argument("--check-exp", action="store_true", help="only the exhaustive exp check (a few minutes)")
     return p
 
@@ -189,6 +195,38 @@ def bench_demo(golden: Path, runs: int) -> tuple[bool, float]:
     return ok, med
 
 
+def bench_model(model: Path, images: Path, limit: int, runs: int) -> tuple[bool, float]:
+    """Post-processing per image of ``model``'s own outputs on ``images`` (the network untimed)."""
+    from runtime.backends import open_backend
+    from runtime.detect import list_images
+    from runtime.pipeline import prepare
+    from runtime.preprocess import batch_inputs
+
+    ok, per_image = True, []
+    with open_backend(model) as backend:
+        cfg = backend.meta.test_cfg
+        for key, path in enumerate(list_images(images, limit)):
+            prepared = prepare(key, path, backend.meta, flip=False)
+            outputs = backend.infer(batch_inputs(prepared.inputs))
+            feat = feature_shape(*prepared.pad_shape)
+            [meta] = prepared.metas
+
+            def pipeline(outputs=outputs, feat=feat, meta=meta) -> Detections:
+                return postprocess(outputs_to_proposals(outputs, feat, backend.meta), [meta], cfg)
+
+            props = outputs_to_proposals(outputs, feat, backend.meta)[0]
+            n = len(pair_corners(props, meta, cfg.distance_threshold, cfg.num_dets))
+            ok &= same(pipeline(), reference_postprocess(props, meta, cfg))
+            per_image.append(timed(pipeline, runs))
+            print(line(f"{path.name} ({n} candidates)", per_image[-1]))
+    med = statistics.median(t[0] for t in per_image)
+    print(
+        f"  per image, median over {len(per_image)} images: {med:.3f} ms "
+        f"(cpu {statistics.median(t[1] for t in per_image):.3f}); fast == reference on every image: {ok}"
+    )
+    return ok, med
+
+
 def synthetic(n: int, kind: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` candidates in 3 classes, as ``(boxes (n, 4) float32, scores (n,) float32, labels (n,))``.
 
@@ -279,6 +317,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--runs must be at least 1, got {args.runs}")
     if args.golden is None:
         args.golden = default_golden()
+    if args.model is not None and (args.images is None or not args.model.is_file()):
+        raise UserError(f"--model {args.model}: needs an existing model file and --images DIR to run it on")
     if not (args.golden / "decode_hg104.npz").is_file() or not (args.golden / "outputs.npz").is_file():
         raise UserError(f"{args.golden}: no golden outputs there; pass --golden DIR (../shared/golden)")
     print(f"one core: {pin(args.cpu)}; load average {os.getloadavg()[0]:.1f} (others share this machine)")
@@ -288,7 +328,11 @@ def run(args: argparse.Namespace) -> int:
     ok_demo, _ = bench_demo(args.golden, args.runs)
     print("synthetic candidate sets, class-aware soft-NMS only:")
     ok_worst = bench_worst(cfg, args.runs)
-    return 0 if ok_hg and ok_demo and ok_worst else 1
+    ok_model = True
+    if args.model is not None:
+        print(f"{args.model}, per image, outputs_to_proposals + postprocess:")
+        ok_model, _ = bench_model(args.model, args.images, args.limit, args.runs)
+    return 0 if ok_hg and ok_demo and ok_worst and ok_model else 1
 
 
 def main(argv: list[str] | None = None) -> int:
