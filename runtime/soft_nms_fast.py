@@ -6,7 +6,9 @@
 - A step first weights every remaining box, in loops the compiler vectorises: IoU, weight, new
   score, and a count of scores below ``min_score``. mmcv weights each box once per step too, only
   interleaved with its removals; a box moved from the last position into a hole is weighted
-  before or after the move alike.
+  before or after the move alike. A box that does not overlap the selected one has weight
+  ``exp(-0) = 1`` exactly; when such boxes are the majority (about 4 in 5 on a trained model's
+  candidates) the exponential is taken of the others only, gathered into a dense array.
 - Only when that count is not zero (in about one step in five on a trained model's candidates)
   are the boxes removed in mmcv's order: upwards through the positions, each low box replaced by
   the last box, which is examined at that position in turn.
@@ -91,14 +93,24 @@ def _exp_or_nan(arg):  # pragma: no cover - compiled
     return f if ok else np.float32(np.nan)
 
 
+@inline
+def _exp_float32(args, out):  # pragma: no cover - compiled
+    """``out = float32(exp(float64(args)))`` elementwise: the polynomial, then the library where it must."""
+    inexact = 0
+    for j in range(args.shape[0]):
+        e = _exp_or_nan(args[j])
+        out[j] = e
+        inexact += e != e
+    if inexact:
+        for j in range(args.shape[0]):
+            if out[j] != out[j]:
+                out[j] = np.float32(math.exp(np.float64(args[j])))
+
+
 @kernel("void(float32[::1], float32[::1])")
 def exp_float32(args, out):  # pragma: no cover - compiled
     """``out = float32(exp(float64(args)))`` elementwise, as the soft-NMS kernel computes its weights."""
-    for j in range(args.shape[0]):
-        out[j] = _exp_or_nan(args[j])
-    for j in range(args.shape[0]):
-        if out[j] != out[j]:
-            out[j] = np.float32(math.exp(np.float64(args[j])))
+    _exp_float32(args, out)
 
 
 @kernel(
@@ -116,7 +128,11 @@ def soft_nms_kernel(x1, y1, x2, y2, scores, sigma, min_score):  # pragma: no cov
     out = np.empty(n, np.float32)
     arg = np.empty(n, np.float32)
     wt = np.empty(n, np.float32)
+    hit_pos = np.empty(n, np.int64)
+    hit_arg = np.empty(n, np.float32)
+    hit_wt = np.empty(n, np.float32)
     zero = np.float32(0.0)
+    one = np.float32(1.0)
 
     best = 0
     for p in range(1, n):
@@ -142,7 +158,7 @@ def soft_nms_kernel(x1, y1, x2, y2, scores, sigma, min_score):  # pragma: no cov
         m = n - i
         rx1, ry1, rx2, ry2, rarea = px1[i:n], py1[i:n], px2[i:n], py2[i:n], area[i:n]
         rsc, rarg, rwt = sc[i:n], arg[i:n], wt[i:n]
-        inexact = 0
+        hits = 0
         for q in range(m):
             w = max(zero, min(bx2, rx2[q]) - max(bx1, rx1[q]))
             h = max(zero, min(by2, ry2[q]) - max(by1, ry1[q]))
@@ -150,13 +166,24 @@ def soft_nms_kernel(x1, y1, x2, y2, scores, sigma, min_score):  # pragma: no cov
             iou = inter / ((barea + rarea[q]) - inter)
             a = -(iou * iou) / sigma
             rarg[q] = a
-            e = _exp_or_nan(a)
-            rwt[q] = e
-            inexact += e != e
-        if inexact:
+            hits += a != zero
+        if 4 * hits < 3 * m:
+            # Most boxes do not overlap b: their argument is +-0 and their weight exp(0) = 1 exactly.
+            # Take the exponential of the others only, gathered densely so that it still vectorises.
+            k = 0
             for q in range(m):
-                if rwt[q] != rwt[q]:
-                    rwt[q] = np.float32(math.exp(np.float64(rarg[q])))
+                hit_pos[k] = q
+                k += rarg[q] != zero
+            hpos, harg, hwt = hit_pos[:k], hit_arg[:k], hit_wt[:k]
+            for j in range(k):
+                harg[j] = rarg[hpos[j]]
+            _exp_float32(harg, hwt)
+            for q in range(m):
+                rwt[q] = one
+            for j in range(k):
+                rwt[hpos[j]] = hwt[j]
+        else:
+            _exp_float32(rarg, rwt)
         low = 0
         for q in range(m):
             s = rsc[q] * rwt[q]
