@@ -1,4 +1,4 @@
-"""CornerNet decoding in numpy, reproducing mmdet 3.3.0's ``CornerHead.decode_heatmap`` (embedding variant).
+"""CornerNet decoding on the host, reproducing mmdet 3.3.0's ``CornerHead.decode_heatmap`` (embedding variant).
 
 Decoding is split in two steps so the ONNX graph can compute the first one in-graph:
 
@@ -12,6 +12,10 @@ Arithmetic is float32 in mmdet's order (offsets added, scaled by pad/feat, borde
 clamped at 0) so boxes come out bit-for-bit where the inputs agree. Top-k takes the lower flat index
 first among equal scores (ONNX TopK's rule; ``torch.topk`` promises no order), which is why results
 are compared with the matching rule of contracts.md rather than element by element.
+
+The scans over the heatmaps and the k x k pairing run compiled (:mod:`runtime.decode_fast`); the
+readable numpy references they are tested against are :func:`_topk_dense` (the literal top-k of the
+suppressed sigmoid map) and :func:`pair_corners_reference`.
 """
 
 from __future__ import annotations

@@ -153,8 +153,8 @@ def soft_nms_kernel(x1, y1, x2, y2, scores, sigma, min_score):  # pragma: no cov
         if i >= n:
             break
 
-        # Vectorised loops: no branches, no calls, and indices from 0 over slices (an index that
-        # might be negative would be wrapped around, which turns the loads into gathers).
+        # Loops over slices from index 0 (an index that might be negative is wrapped around, which
+        # turns loads into gathers); the branch-free ones vectorise.
         m = n - i
         rx1, ry1, rx2, ry2, rarea = px1[i:n], py1[i:n], px2[i:n], py2[i:n], area[i:n]
         rsc, rarg, rwt = sc[i:n], arg[i:n], wt[i:n]
