@@ -205,17 +205,14 @@ def test_300_clustered_boxes_match_literal_mmcv_loop(impl):
     assert 10 < len(keep) < 300
 
 
-def test_many_boxes_fast_enough():
-    # 2000 boxes (flip TTA's worst case): the vectorised loop must not be a per-box Python loop.
-    import time
-
+def test_2000_boxes_in_80_classes():
+    # Flip TTA's largest input; the speed is measured by benchmarks/bench_decode.py, not here.
     rng = np.random.default_rng(0)
     xy = (rng.random((2000, 2)) * 600).astype(F)
     b = np.concatenate([xy, xy + (rng.random((2000, 2)) * 100 + 5).astype(F)], axis=1)
     s = rng.random(2000).astype(F)
     labels = rng.integers(0, 80, 2000)
-    t0 = time.perf_counter()
     keep, new = batched_soft_nms(b, s, labels)
-    elapsed = time.perf_counter() - t0
     assert len(keep) > 0 and np.all(np.diff(new) <= 0)
-    assert elapsed < 2.0, f"batched soft-NMS of 2000 boxes took {elapsed:.2f} s"
+    ref_keep, ref_new = soft_nms_reference(class_offset_boxes(b, labels), s)
+    assert keep.tolist() == ref_keep.tolist() and np.array_equal(new, ref_new)
