@@ -10,12 +10,14 @@ decode to mmdet's golden detections.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numba
 import numpy as np
 import pytest
 
+from benchmarks import bench_decode
 from runtime.decode import (
     HEAD_OUTPUTS,
     PROPOSAL_OUTPUTS,
@@ -255,3 +257,20 @@ def test_kernels_compile_where_no_cache_location_is_writable(monkeypatch):
         return x + 1
 
     assert plus_one(2) == 3
+
+
+# --- the benchmark ------------------------------------------------------------------------------
+
+
+def test_bench_decode_runs_and_rejects_bad_input(golden_dir: Path, tmp_path: Path, capsys):
+    # Speed is the benchmark's to report; here only that it runs, checks its results and refuses bad input.
+    before = os.sched_getaffinity(0)
+    assert bench_decode.main(["--runs", "1", "--golden", str(golden_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "fast == reference: True" in out and "fast == reference on every image: True" in out
+    assert "matched 100/100" in out
+    assert os.sched_getaffinity(0) == before  # pinned for the run only
+    assert bench_decode.main(["--golden", str(tmp_path)]) == 2
+    assert "no golden outputs" in capsys.readouterr().err
+    assert bench_decode.main(["--model", str(tmp_path / "missing.onnx")]) == 2
+    assert "--images" in capsys.readouterr().err
