@@ -40,7 +40,8 @@ tolerance, a corner in one list and not the other is *ambiguous* when
 - it is the reference's: its margin is at most ``2 d`` (it nearly was no local maximum) or its score
   is within ``2 d`` of the top-k cut (the larger of the two lists' last scores); or
 - it is the test's: its reference margin is at least ``-2 d`` (it nearly was a local maximum there)
-  and its reference score is at least the reference cut minus ``2 d``.
+  and its reference score is at least the lower of the two cuts minus ``2 d`` (a near-tie above may
+  have pushed it out of the reference's list); its test score must match the reference's map.
 
 A corner that is neither is provably in both lists when every test score is within ``d`` of the
 reference, so a real error cannot hide behind the rule: a swapped class channel, a moved peak or a
@@ -49,7 +50,8 @@ each failing). Ambiguous corners are left out of the index agreement's denominat
 decoded from the proposals by the same numpy code on both sides, so when an image's only proposal
 differences are ambiguous ones and every shared corner is within tolerance, its unmatched detections
 are consequences of near-ties: they are left out of the matched rate's denominator (and its count
-may differ). Everything excluded is reported. When the reference gives proposals only (no maps), the
+may differ). Zero-score entries (an image with fewer local maxima than k) are fillers whose cells
+are arbitrary; they are not compared. Everything excluded is reported. When the reference gives proposals only (no maps), the
 evidence is the lists themselves: within ``2 d`` of the cut, or a same-class corner in the window
 (needs ``feat_shape``) scored within ``2 d``.
 
@@ -58,15 +60,16 @@ Default tolerances (``Tolerances.for_precision``), as ``atol, rtol`` per output 
 ==========  ================  ================  ================  ==============================
 precision   scores            embs / offs       raw heads         inds / matched / ΔAP (points)
 ==========  ================  ================  ================  ==============================
-fp32        2e-6, 2e-5        2e-5, 2e-4        1e-5, 1e-4        0.99 / 0.99, IoU .999, 1e-4 / 0.01
+fp32        1e-6, 1e-4        5e-5, 5e-4        5e-5, 2e-4        0.99 / 0.99, IoU .999, 1e-4 / 0.01
 fp16, bf16  2e-3, 1e-2        2e-2, 2e-2        5e-2, 2e-2        0.95 / 0.95, IoU .99, 2e-3 / 0.3
 int8        5e-2, 5e-2        2e-1, 1e-1        5e-1, 1e-1        0.50 / 0.50, IoU .9, 5e-2 / 1.0
 ==========  ================  ================  ================  ==============================
 
 fp32 is ONNX Runtime (or a TensorRT engine built without TF32) vs PyTorch. Measured on this
 project's CPU (golden model and a tiny model trained 16 steps): scores within 4e-7, embeddings
-within 1e-6, offsets within 6e-7, so the bounds leave 5-20x headroom; a heatmap weight tensor
-scaled by 1.01 exceeds them 100-450x. fp16 (mixed precision, ``export.fp16``): scores within 6e-4,
+within 1e-6, offsets within 6e-7. The bounds leave 10-50x headroom for deeper networks (HG-104's
+error is larger than the tiny model's; a score's error is its logit's times s (1 - s), hence a mostly
+relative bound), and a heatmap weight tensor scaled by 1.01 still exceeds them about 50-100x. fp16 (mixed precision, ``export.fp16``): scores within 6e-4,
 embeddings 2e-3, offsets 8e-4 measured; counts may differ (soft-NMS's 1e-3 floor), so the fp16
 rule does not demand equal counts. int8 is a placeholder, looser than fp16, until measured numbers
 replace it. Every value can be overridden per output (``--tol NAME=ATOL[,RTOL]``, NAME an output
@@ -93,17 +96,16 @@ from runtime.names import HEAD_OUTPUTS, PROPOSAL_OUTPUTS
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 #: ΔAP tolerance in AP points (0-100 scale), contracts.md.
 AP_TOLERANCE = {"fp32": 0.01, "fp16": 0.3, "bf16": 0.3, "int8": 1.0}
-#: Output kinds (suffix after the last ``_``) that carry their own default tolerance.
-KINDS = ("scores", "embs", "offs", "heat", "emb", "off")
 _DEFAULTS: dict[str, dict[str, tuple[float, float]]] = {
     "fp32": {
-        "scores": (2e-6, 2e-5),
-        "embs": (2e-5, 2e-4),
-        "offs": (2e-5, 2e-4),
-        "heat": (1e-5, 1e-4),
-        "emb": (2e-5, 2e-4),
-        "off": (2e-5, 2e-4),
-        "all": (2e-5, 2e-4),
+        # Scores are sigmoids: their error scales with s (1 - s) times the logit's, hence mostly relative.
+        "scores": (1e-6, 1e-4),
+        "embs": (5e-5, 5e-4),
+        "offs": (5e-5, 5e-4),
+        "heat": (5e-5, 2e-4),
+        "emb": (5e-5, 5e-4),
+        "off": (5e-5, 5e-4),
+        "all": (5e-5, 5e-4),
     },
     "fp16": {
         "scores": (2e-3, 1e-2),
@@ -415,8 +417,9 @@ class Verifier:
         inds = self._inds.setdefault(prefix + "inds", _IndexStats())
         clean, ties = True, False
         for v in range(rs.shape[0]):
-            r_pos = {int(i): j for j, i in enumerate(ri[v])}
-            t_pos = {int(i): j for j, i in enumerate(ti[v])}
+            # Zero scores are fillers (fewer local maxima than k): any non-peak cell may stand there.
+            r_pos = {int(i): j for j, i in enumerate(ri[v]) if rs[v, j] != 0}
+            t_pos = {int(i): j for j, i in enumerate(ti[v]) if ts[v, j] != 0}
             shared = [i for i in r_pos if i in t_pos]
             rj = np.array([r_pos[i] for i in shared], dtype=np.int64)
             tj = np.array([t_pos[i] for i in shared], dtype=np.int64)
@@ -435,10 +438,12 @@ class Verifier:
                 maps = heat[v]
                 flat, rival = maps.reshape(-1), _neighbour_max(maps, self.tol.local_max_kernel).reshape(-1)
             both = (np.concatenate([ri[v], ti[v]]), np.concatenate([rs[v], ts[v]]).astype(np.float64))
+            extra_ref: list[float] = []
+            extra_test: list[float] = []
             for pos, idx, scores in ((r_pos, ri[v], rs[v]), (t_pos, ti[v], ts[v])):
                 other = t_pos if pos is r_pos else r_pos
                 for j, i in enumerate(idx):
-                    if int(i) in other:
+                    if int(i) in other or int(i) not in pos or pos[int(i)] != j:
                         continue
                     if heat is not None:
                         if not 0 <= i < flat.size:
@@ -451,8 +456,11 @@ class Verifier:
                             margin = s - float(rival[i])
                             if pos is r_pos:  # in the reference only: nearly not kept, or at the cut
                                 ambiguous = margin <= band or s <= cut + band
-                            else:  # in the test only: nearly kept by the reference
-                                ambiguous = margin >= -band and s >= float(rs[v, -1]) - band
+                            else:  # in the test only: nearly kept by the reference, at or above a cut
+                                low = min(float(rs[v, -1]), float(ts[v, -1]))
+                                ambiguous = margin >= -band and s >= low - band
+                                extra_ref.append(s)  # its score, against the reference's map
+                                extra_test.append(float(scores[j]))
                     else:
                         s = float(scores[j])
                         band = 2 * (atol + rtol * abs(s))
@@ -465,6 +473,11 @@ class Verifier:
                     else:
                         inds.differ += 1
                         clean = False
+            if extra_ref:
+                stats = self._values[prefix + "scores"]
+                before = stats.beyond
+                stats.update(np.array(extra_ref), np.array(extra_test), atol, rtol)
+                clean &= stats.beyond == before
         return clean, ties
 
     def _head_ties(self, arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> bool:

@@ -201,3 +201,24 @@ def test_resolve_reference(tmp_path: Path) -> None:
         resolve_reference(None, {**info, "source_sha256": "0" * 64})
     with pytest.raises(UserError, match="is not there"):
         resolve_reference(None, {"source_checkpoint": str(tmp_path / "gone.pth")})
+
+
+def test_raw_head_outputs_are_compared_element_wise_with_the_same_near_tie_rule() -> None:
+    ref, rival = _near_tie(_heads(), 1e-5)
+    flipped = {n: a.copy() for n, a in ref.items()}
+    flipped["tl_heat"][(0, *rival)] = 1.5 + 1e-5
+    moved = _dets([[0, 0, 10, 10], [9, 5, 30, 40], [50, 50, 60, 70]], [0.9, 0.5, 0.2], [0, 1, 0])
+    v = Verifier(Tolerances.for_precision("fp32"))
+    v.add_outputs(ref, flipped)  # a heads model: six maps on both sides
+    v.add_detections(DETS, moved)
+    verdict = v.verdict()
+    assert verdict.passed, verdict.table()
+    assert [c.name for c in verdict.criteria][1:7] == list(HEAD_OUTPUTS)
+
+    scaled = {n: a.copy() for n, a in ref.items()}
+    scaled["br_heat"] *= np.float32(1.01)
+    w = Verifier(Tolerances.for_precision("fp32"))
+    w.add_outputs(ref, scaled)
+    w.add_detections(DETS, moved)
+    result = _criteria(w)
+    assert not result["br_heat"] and not result["detections"]  # no near-tie to blame the moved box on
