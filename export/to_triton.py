@@ -105,7 +105,7 @@ def _onnx_spec(path: Path) -> NetSpec:
 
 
 def _checkpoint_spec(path: Path) -> NetSpec:
-    from runtime.decode import PROPOSAL_OUTPUTS
+    from runtime.names import PROPOSAL_OUTPUTS
     from trainer.checkpoint import load_checkpoint
 
     meta = load_checkpoint(path).meta

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.decode_fast import cells_above, kth_peak, pair_top
-from runtime.names import HEAD_OUTPUTS, PROPOSAL_OUTPUTS
+from runtime.names import PROPOSAL_OUTPUTS
 from runtime.preprocess import ImageMeta
 
 # Raw pairs at or below this score are invalid (mmdet marks them -1 and keeps scores > -0.1).
@@ -439,20 +439,3 @@ def pair_corners_reference(
     ti, bj = top // kb, top % kb
     boxes = np.stack([tl_xs[ti], tl_ys[ti], br_xs[bj], br_ys[bj]], axis=1).astype(np.float32, copy=False)
     return Detections(boxes=boxes, scores=scores[top], labels=tl_cls[ti].astype(np.int64))
-
-
-def proposals_from_heads(heads: dict[str, np.ndarray], k: int = 100, kernel: int = 3) -> CornerProposals:
-    """:func:`corner_proposals` from a dict of one image's head outputs (a leading batch of 1 is allowed)."""
-
-    def per_image(name: str) -> np.ndarray:
-        a = np.asarray(heads[name])
-        if a.ndim == 4:
-            if a.shape[0] != 1:
-                raise ValueError(f"{name} holds {a.shape[0]} images; pass one image's outputs")
-            a = a[0]
-        return a
-
-    missing = [n for n in HEAD_OUTPUTS if n not in heads]
-    if missing:
-        raise ValueError(f"head outputs missing {missing}")
-    return corner_proposals(*(per_image(n) for n in HEAD_OUTPUTS), k=k, kernel=kernel)

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends.base import Backend
-from runtime.decode import HEAD_OUTPUTS, CornerProposals, Detections, corner_proposals
+from runtime.decode import CornerProposals, Detections, corner_proposals
 from runtime.errors import UserError
 from runtime.image_io import read_image
 from runtime.meta import ModelMeta
+from runtime.names import HEAD_OUTPUTS
 from runtime.postprocess import postprocess
 from runtime.preprocess import ImageMeta, batch_inputs, feature_shape, preprocess
 
@@ -103,15 +104,28 @@ class BatchResult:
     detections: list[Detections] = field(default_factory=list)
 
 
-def decode_batch(outputs: dict[str, np.ndarray], batch: Sequence[Prepared], meta: ModelMeta) -> list[Detections]:
-    """Network outputs of one batch (views of each image in order) -> final detections per image."""
-    props = outputs_to_proposals(outputs, feature_shape(*batch[0].pad_shape), meta)
+def decode_outputs(
+    outputs: dict[str, np.ndarray], views: Sequence[Sequence[ImageMeta]], meta: ModelMeta
+) -> list[Detections]:
+    """Network outputs of one batch -> final detections of each image.
+
+    Args:
+        outputs: proposal or raw-head outputs, batch first (``N`` = the total number of views).
+        views: per image, the :class:`ImageMeta` of its views in batch order: ``[original]``, or
+            ``[original, flipped]`` with flip TTA. All share one padded shape.
+        meta: the model's test settings.
+    """
+    props = outputs_to_proposals(outputs, feature_shape(*views[0][0].pad_shape), meta)
     dets, i = [], 0
-    for p in batch:
-        views = len(p.inputs)
-        dets.append(postprocess(props[i : i + views], p.metas, meta.test_cfg))
-        i += views
+    for metas in views:
+        dets.append(postprocess(props[i : i + len(metas)], metas, meta.test_cfg))
+        i += len(metas)
     return dets
+
+
+def decode_batch(outputs: dict[str, np.ndarray], batch: Sequence[Prepared], meta: ModelMeta) -> list[Detections]:
+    """:func:`decode_outputs` for prepared images."""
+    return decode_outputs(outputs, [p.metas for p in batch], meta)
 
 
 def run_batch(backend: Backend, batch: list[Prepared], timings: Timings | None = None) -> BatchResult:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from runtime.decode import CornerProposals, Detections, pair_corners, proposals_from_heads
+from runtime.decode import CornerProposals, Detections, pair_corners
 from runtime.meta import TestConfig
 from runtime.preprocess import ImageMeta
 from runtime.soft_nms import batched_soft_nms
@@ -86,16 +86,3 @@ def postprocess(
         labels=np.concatenate([d.labels for d in parts]),
     )
     return nms_and_cap(merged, test_cfg)
-
-
-def decode_heads(heads: dict[str, np.ndarray], meta: ImageMeta, test_cfg: TestConfig) -> Detections:
-    """Single-view decode of one image's raw head outputs: proposals, pairing, soft-NMS.
-
-    Args:
-        heads: ``tl_heat, br_heat`` ``(C, H, W)``, ``tl_emb, br_emb`` ``(1, H, W)``, ``tl_off, br_off``
-            ``(2, H, W)`` logits of the last stack (a leading batch dimension of 1 is accepted).
-        meta: the image's :class:`ImageMeta`.
-        test_cfg: mmdet's test settings.
-    """
-    props = proposals_from_heads(heads, k=test_cfg.corner_topk, kernel=test_cfg.local_maximum_kernel)
-    return postprocess([props], [meta], test_cfg)

@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 
 from runtime.decode import (
-    HEAD_OUTPUTS,
-    PROPOSAL_OUTPUTS,
     CornerProposals,
     Detections,
     _topk_dense,
@@ -24,8 +22,10 @@ from runtime.decode import (
     window_max,
 )
 from runtime.matching import box_iou, match_detections
-from runtime.meta import TestConfig
-from runtime.postprocess import decode_heads, postprocess, unflip_boxes
+from runtime.meta import ModelMeta, TestConfig
+from runtime.names import HEAD_OUTPUTS, PROPOSAL_OUTPUTS
+from runtime.pipeline import decode_outputs
+from runtime.postprocess import postprocess, unflip_boxes
 from runtime.preprocess import ImageMeta
 from tests.data.golden_codec import golden_images
 
@@ -56,6 +56,14 @@ def golden_heads(golden_dir: Path, golden_records) -> dict[str, dict[str, np.nda
         return {
             r["file"]: {name: z[f"{r['file']}/{name}"][0] for name in HEAD_OUTPUTS} for r in golden_records
         }
+
+
+def decode_heads(heads: dict[str, np.ndarray], meta: ImageMeta, cfg: TestConfig) -> Detections:
+    """One image's raw last-stack heads through the production path (what a ``--outputs heads`` model gets)."""
+    model = ModelMeta(classes=tuple(f"c{i}" for i in range(heads["tl_heat"].shape[-3])), test_cfg=cfg)
+    batched = {k: v if v.ndim == 4 else v[None] for k, v in heads.items()}
+    [dets] = decode_outputs(batched, [[meta]], model)
+    return dets
 
 
 @pytest.mark.parametrize("index", range(len(golden_images())))

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.decode import HEAD_OUTPUTS
-from runtime.meta import TestConfig
-from runtime.postprocess import decode_heads
+from runtime.meta import ModelMeta, TestConfig
+from runtime.names import HEAD_OUTPUTS
+from runtime.pipeline import decode_outputs
 from runtime.preprocess import ImageMeta
 from tests.data import golden_codec as gc
 
@@ -113,7 +113,8 @@ def test_trimmed_hg104_decodes_like_the_source(golden_dir: Path) -> None:
     out = []
     for folder in (golden_dir, SOURCE):
         maps = _load(folder / "decode_hg104.npz")
-        out.append(decode_heads({n: maps[n][0].astype(np.float32) for n in HEAD_OUTPUTS}, meta, TestConfig()))
+        heads = {n: maps[n].astype(np.float32) for n in HEAD_OUTPUTS}
+        out.append(decode_outputs(heads, [[meta]], ModelMeta(classes=("x",), test_cfg=TestConfig()))[0])
     assert len(out[0]) == 100
     for field in ("boxes", "scores", "labels"):
         assert np.array_equal(getattr(out[0], field), getattr(out[1], field)), field

@@ -24,10 +24,11 @@ import torch
 from runtime import detect, detector, image_io
 from runtime import eval as eval_cli
 from runtime.backends.base import Backend
-from runtime.decode import HEAD_OUTPUTS, Detections
+from runtime.decode import Detections
 from runtime.draw import class_color, draw_detections, side_by_side
 from runtime.image_io import read_image
 from runtime.meta import ModelMeta
+from runtime.names import HEAD_OUTPUTS
 from runtime.preprocess import feature_shape
 from runtime.verify_pictures import rank_differences
 from trainer.data.coco import CocoDetection

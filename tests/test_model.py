@@ -114,8 +114,8 @@ def test_config_rejects_inconsistent_stages() -> None:
 
 
 def test_output_names_shared_with_numpy_runtime() -> None:
-    from runtime.decode import HEAD_OUTPUTS as RUNTIME_HEADS
-    from runtime.decode import PROPOSAL_OUTPUTS
+    from runtime.names import HEAD_OUTPUTS as RUNTIME_HEADS
+    from runtime.names import PROPOSAL_OUTPUTS
     from trainer.model.proposals import DeployModel
 
     assert HEAD_OUTPUTS == RUNTIME_HEADS

@@ -271,9 +271,9 @@ def check(
     """The rebuilt files against the source: whole parts bit for bit, trimmed parts by their effect."""
     import torch
 
-    from runtime.decode import HEAD_OUTPUTS as DECODE_OUTPUTS
-    from runtime.meta import TestConfig
-    from runtime.postprocess import decode_heads
+    from runtime.meta import ModelMeta, TestConfig
+    from runtime.names import HEAD_OUTPUTS as DECODE_OUTPUTS
+    from runtime.pipeline import decode_outputs
     from runtime.preprocess import ImageMeta
     from tests.test_targets_losses import _golden_heads, _golden_targets
     from trainer.losses import corner_losses_single
@@ -287,8 +287,8 @@ def check(
     meta = ImageMeta(tuple(m["ori_shape"][:2]), tuple(m["pad_shape"][:2]), tuple(m["border"]))
     decoded = []
     for maps in (hg104, built["decode_hg104.npz"]):
-        heads = {name: maps[name][0].astype(np.float32) for name in DECODE_OUTPUTS}
-        decoded.append(decode_heads(heads, meta, TestConfig()))
+        heads = {name: maps[name].astype(np.float32) for name in DECODE_OUTPUTS}
+        decoded.append(decode_outputs(heads, [[meta]], ModelMeta(classes=("x",), test_cfg=TestConfig()))[0])
     for field_name in ("boxes", "scores", "labels"):
         assert np.array_equal(getattr(decoded[0], field_name), getattr(decoded[1], field_name)), field_name
 

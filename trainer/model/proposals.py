@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from runtime.decode import PROPOSAL_OUTPUTS
+from runtime.names import PROPOSAL_OUTPUTS
 
 from .corner_head import HEAD_OUTPUTS, HeadOutputs
 from .detector import CornerNet
