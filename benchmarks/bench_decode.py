@@ -27,7 +27,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +35,6 @@ import numpy as np
 
 from runtime.cli import parser_from_doc, run_cli
 from runtime.decode import (
-    HEAD_OUTPUTS,
     CornerProposals,
     Detections,
     _topk_dense,
@@ -47,6 +45,7 @@ from runtime.decode import (
 from runtime.errors import UserError
 from runtime.matching import match_detections
 from runtime.meta import ModelMeta, TestConfig
+from runtime.names import HEAD_OUTPUTS
 from runtime.pipeline import outputs_to_proposals
 from runtime.postprocess import postprocess
 from runtime.preprocess import ImageMeta, feature_shape
@@ -54,7 +53,6 @@ from runtime.soft_nms import class_offset_boxes, soft_nms, soft_nms_reference
 from runtime.soft_nms_fast import exp_float32
 
 MMDET_MS = 118.0
-DEFAULT_GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -301,22 +299,15 @@ def pin(cpu: int | None) -> str:
     return f"pinned to CPU {cpu} of {len(allowed)}"
 
 
-def default_golden() -> Path:
-    """``../shared/golden`` beside the repository, else the repository's trimmed copy, unpacked once."""
-    if (DEFAULT_GOLDEN / "golden.json").is_file():
-        return DEFAULT_GOLDEN
-    from tests.data.golden_codec import unpacked
-
-    return unpacked(Path(tempfile.gettempdir()) / "cornernet-golden")
-
-
 def run(args: argparse.Namespace) -> int:
     if args.check_exp:
         return check_exp()
     if args.runs < 1:
         raise UserError(f"--runs must be at least 1, got {args.runs}")
-    if args.golden is None:
-        args.golden = default_golden()
+    if args.golden is None:  # ../shared/golden, else the repository's trimmed copy (tests/data/golden)
+        from tests.data.golden_codec import golden_folder
+
+        args.golden = golden_folder()
     if args.model is not None and (args.images is None or not args.model.is_file()):
         raise UserError(f"--model {args.model}: needs an existing model file and --images DIR to run it on")
     if not (args.golden / "decode_hg104.npz").is_file() or not (args.golden / "outputs.npz").is_file():

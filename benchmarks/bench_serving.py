@@ -27,8 +27,6 @@ from runtime.detector import Detector
 from runtime.image_io import IMAGE_SUFFIXES
 from runtime.serve import TritonServer
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
-
 
 def _percentile(values: list[float], q: float) -> float:
     values = sorted(values)
@@ -78,8 +76,8 @@ def in_process(det: Detector, paths: list[Path], requests: int) -> dict[str, flo
 
 def make_parser() -> argparse.ArgumentParser:
     p = parser_from_doc("python -m benchmarks.bench_serving", __doc__)
-    p.add_argument("model", nargs="?", default=str(GOLDEN / "mmdet_checkpoint.pth"), help=".pth or .onnx (default: the golden checkpoint)")
-    p.add_argument("--images", default=str(GOLDEN / "coco" / "images"), metavar="DIR", help="image folder (default: the golden images)")
+    p.add_argument("model", nargs="?", default=None, help=".pth or .onnx (default: the golden checkpoint)")
+    p.add_argument("--images", default=None, metavar="DIR", help="image folder (default: the golden images)")
     p.add_argument("--requests", type=int, default=60, metavar="N", help="requests per measurement (default: 60)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8], metavar="C", help="client counts (default: 1 4 8)")
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
@@ -88,6 +86,12 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.model is None or args.images is None:  # ../shared/golden, else the repository's copy
+        from tests.data.golden_codec import golden_folder
+
+        golden = golden_folder()
+        args.model = args.model or str(golden / "mmdet_checkpoint.pth")
+        args.images = args.images or str(golden / "coco" / "images")
     paths = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     data = [p.read_bytes() for p in paths]
     print(f"model    {args.model}\nimages   {len(paths)} from {args.images}, {args.requests} requests per row")

@@ -318,6 +318,15 @@ def unpacked(root: Path, src: Path = REPO_GOLDEN) -> Path:
     return dest
 
 
+def golden_folder() -> Path:
+    """For tools outside the tests (benchmarks): ``../shared/golden`` beside the repository when there,
+    else the repository's copy unpacked once under the temporary folder."""
+    shared = Path(__file__).resolve().parents[3] / "shared" / "golden"
+    if (shared / "golden.json").is_file():
+        return shared
+    return unpacked(Path(tempfile.gettempdir()) / "cornernet-golden")
+
+
 def golden_images(src: Path = REPO_GOLDEN) -> list[str]:
     """The image names of the repository copy (``golden.json``), for parametrising tests at collection."""
     return list(json.loads((src / "golden.json").read_text())["images"])
