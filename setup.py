@@ -47,6 +47,7 @@ setup(
         "console_scripts": [
             "cornernet-train=trainer.train:main",
             "cornernet-to-onnx=export.to_onnx:main",
+            "cornernet-quantize=export.quantize:main",
             "cornernet-to-trt=export.to_trt:main",
             "cornernet-eval=runtime.eval:main",
         ]
