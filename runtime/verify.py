@@ -62,7 +62,7 @@ precision   scores            embs / offs       raw heads         inds / matched
 ==========  ================  ================  ================  ==============================
 fp32        1e-6, 1e-4        5e-5, 5e-4        5e-5, 2e-4        0.99 / 0.99, IoU .999, 1e-4 / 0.01
 fp16, bf16  2e-3, 1e-2        2e-2, 2e-2        5e-2, 2e-2        0.95 / 0.95, IoU .99, 2e-3 / 0.3
-int8        5e-2, 5e-2        2e-1, 1e-1        5e-1, 1e-1        0.50 / 0.50, IoU .9, 5e-2 / 1.0
+int8        1.5e-1, 5e-2      2e-1, 1e-1        5e-1, 1e-1        0.50 / 0.50, IoU .9, 5e-2 / 1.0
 ==========  ================  ================  ================  ==============================
 
 fp32 is ONNX Runtime (or a TensorRT engine built without TF32) vs PyTorch. Measured on this
@@ -71,8 +71,9 @@ within 1e-6, offsets within 6e-7. The bounds leave 10-50x headroom for deeper ne
 error is larger than the tiny model's; a score's error is its logit's times s (1 - s), hence a mostly
 relative bound), and a heatmap weight tensor scaled by 1.01 still exceeds them about 50-100x. fp16 (mixed precision, ``export.fp16``): scores within 6e-4,
 embeddings 2e-3, offsets 8e-4 measured; counts may differ (soft-NMS's 1e-3 floor), so the fp16
-rule does not demand equal counts. int8 is a placeholder, looser than fp16, until measured numbers
-replace it. Every value can be overridden per output (``--tol NAME=ATOL[,RTOL]``, NAME an output
+rule does not demand equal counts. int8 is provisional and looser than fp16: percentile-calibrated
+ONNX Runtime int8 measured scores within 0.13 (3 of 3342 corners above 0.05), embeddings 0.08,
+offsets 0.06 (``export/quantize.py``); TensorRT int8 is not measured yet. Every value can be overridden per output (``--tol NAME=ATOL[,RTOL]``, NAME an output
 name or a kind: ``scores``, ``embs``, ``offs``, ``heat``, ``emb``, ``off``, or ``all``).
 """
 
@@ -116,8 +117,8 @@ _DEFAULTS: dict[str, dict[str, tuple[float, float]]] = {
         "off": (5e-2, 2e-2),
         "all": (5e-2, 2e-2),
     },
-    "int8": {  # placeholder until int8 is measured: looser than fp16 everywhere
-        "scores": (5e-2, 5e-2),
+    "int8": {  # provisional, looser than fp16 everywhere (ORT int8 measured: scores up to 0.13, embs 0.08)
+        "scores": (1.5e-1, 5e-2),
         "embs": (2e-1, 1e-1),
         "offs": (2e-1, 1e-1),
         "heat": (5e-1, 1e-1),
