@@ -316,7 +316,7 @@ def quantize_model(
 
     model_path = Path(model_path)
     props = _check_source(model_path)
-    meta = ModelMeta.from_json(props[META_KEY])
+    meta = ModelMeta.from_json(props[META_KEY], f"{model_path} metadata")
     _calibration_method(method)
     model = onnx.load(str(model_path))
     keep = float_nodes(model)

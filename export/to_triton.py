@@ -101,7 +101,7 @@ def _onnx_spec(path: Path) -> NetSpec:
         "source_sha256": props.get(SOURCE_SHA256_KEY),
         "outputs": props.get(OUTPUTS_KEY, "proposals"),
     }
-    return NetSpec(path, "onnxruntime", ModelMeta.from_json(props[META_KEY]), model.graph.input[0].name, outputs, info)
+    return NetSpec(path, "onnxruntime", ModelMeta.from_json(props[META_KEY], f"{path} metadata"), model.graph.input[0].name, outputs, info)
 
 
 def _checkpoint_spec(path: Path) -> NetSpec:

@@ -385,7 +385,7 @@ def _onnx_meta(onnx_path: Path) -> tuple[ModelMeta, dict[str, str]]:
             f"{onnx_path}: no '{META_KEY}' metadata, so it was not exported by cornernet-deploy; "
             "pass the checkpoint instead, or export it with python -m export.to_onnx"
         )
-    return ModelMeta.from_json(props[META_KEY]), props
+    return ModelMeta.from_json(props[META_KEY], f"{onnx_path} metadata"), props
 
 
 # ---------------------------------------------------------------------------------------------------

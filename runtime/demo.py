@@ -16,14 +16,12 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from runtime.cli import parser_from_doc, run_cli
-from runtime.errors import EXIT_CHECK_FAILED, EXIT_OK, UserError
+from runtime.errors import EXIT_OK, UserError
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -61,68 +59,54 @@ def _step(title: str) -> None:
     print(f"\n=== {title}", flush=True)
 
 
-def _run(fn: Callable[[list[str]], int], argv: list[str]) -> int:
-    code = fn(argv)
-    if code not in (EXIT_OK, EXIT_CHECK_FAILED):
-        raise UserError(f"step failed: {' '.join(argv)} (exit {code})")
-    return code
-
-
 def run(args: argparse.Namespace) -> int:
-    from export.to_onnx import main as to_onnx
-    from runtime.eval import main as evaluate
+    from export.onnx_export import export_onnx
+    from runtime.eval import EvalOptions, evaluate_model
+    from trainer.config import preset
     from trainer.data.synthetic import generate
-    from trainer.train import main as train
+    from trainer.train import train
 
     t0 = time.perf_counter()
     data, out = Path(args.data), Path(args.out_dir)
-    progress = ["--no-progress"] if args.no_progress else []
+    progress = not args.no_progress
+    val_ann, val_images = data / "annotations" / "instances_val2017.json", data / "val2017"
 
     _step(f"1/5 data: {data}")
-    if (data / "annotations" / "instances_val2017.json").is_file():
+    if val_ann.is_file():
         print("already there")
     else:
-        generate(data, num_train=args.num_train, num_val=args.num_val, seed=0, progress=not args.no_progress)
+        generate(data, num_train=args.num_train, num_val=args.num_val, seed=0, progress=progress)
 
     _step("2/5 train the tiny preset on CPU")
     train_dir = out / "train"
-    _run(
-        train,
-        [
-            "--preset",
-            "tiny",
-            "--gpus",
-            "0",
-            "--coco",
-            str(data),
-            "--epochs",
-            str(args.epochs),
-            "--out-dir",
-            str(train_dir),
-            "--eval-interval",
-            "0",
-            *progress,
-        ],
+    cfg = preset("tiny").replace(
+        train_ann=str(data / "annotations" / "instances_train2017.json"),
+        train_images=str(data / "train2017"),
+        epochs=args.epochs,
+        out_dir=str(train_dir),
+        eval_interval=0,
     )
+    if train(cfg, gpus=0, progress=progress) != EXIT_OK:
+        raise UserError(f"training failed; see {train_dir / 'log.jsonl'}")
     ckpt = train_dir / f"epoch_{args.epochs}.pth"
 
     _step("3/5 evaluate the checkpoint (PyTorch, CPU)")
-    pth_report = out / "eval_pth.json"
-    _run(
-        evaluate, [str(ckpt), "--coco", str(data), "--device", "cpu", "--report", str(pth_report), *progress]
+    _, pth = evaluate_model(
+        ckpt, val_ann, val_images, EvalOptions(device="cpu", progress=progress, report=str(out / "eval_pth.json"))
     )
 
     _step("4/5 export to ONNX")
-    onnx_path = out / "tiny.onnx"
-    _run(to_onnx, [str(ckpt), "--out", str(onnx_path)])
+    onnx_path = export_onnx(ckpt, out / "tiny.onnx")
+    print(f"wrote    {onnx_path}")
 
     _step("5/5 evaluate the ONNX file (ONNX Runtime) and verify it against PyTorch fp32")
-    onnx_report = out / "eval_onnx.json"
-    code = _run(
-        evaluate, [str(onnx_path), "--coco", str(data), "--verify", "--report", str(onnx_report), *progress]
+    code, ort = evaluate_model(
+        onnx_path,
+        val_ann,
+        val_images,
+        EvalOptions(verify="auto", progress=progress, report=str(out / "eval_onnx.json")),
     )
 
-    pth, ort = json.loads(pth_report.read_text()), json.loads(onnx_report.read_text())
     dap = ort["verify"]["delta_ap"]
     print(f"\n{'backend':<22} {'AP':>6} {'AP50':>6} {'fps':>7} {'ΔAP vs PyTorch':>15}")
     print(

@@ -24,7 +24,6 @@ sets with many shapes. Results are identical for any batch size (each image stil
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from collections import deque
@@ -36,7 +35,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from runtime.backends import Backend, open_backend
+from runtime.backends import Backend, is_served_address, open_backend
 from runtime.decode import Detections
 from runtime.errors import UserError
 from runtime.image_io import read_image
@@ -45,14 +44,6 @@ from runtime.pipeline import Prepared, decode_batch, prepare_image
 
 #: What ``Detector`` accepts as one image: an ``(H, W, 3)`` uint8 RGB array or a path to an image file.
 Image = Union[np.ndarray, str, os.PathLike]  # noqa: UP007 - a runtime alias, readable in 3.10
-
-_ADDRESS = re.compile(r"^(grpc|http)://", re.IGNORECASE)
-
-
-def is_address(model: object) -> bool:
-    """Whether ``model`` names a served model (``grpc://HOST:PORT/NAME`` or ``http://HOST:PORT/NAME``)."""
-    return isinstance(model, str) and bool(_ADDRESS.match(model))
-
 
 @dataclass(frozen=True)
 class Result:
@@ -201,7 +192,7 @@ class Detector:
         self.client: Any = None
         if isinstance(model, Backend):
             self.backend = model
-        elif is_address(model):
+        elif is_served_address(model):
             if flip:
                 raise UserError(f"{model}: flip TTA is not available for served models; drop --flip")
             from runtime.backends.triton import TritonClient

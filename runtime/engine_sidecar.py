@@ -158,7 +158,7 @@ class Sidecar:
                 profile=ShapeProfile(
                     str(prof["input"]), _ints(prof["min"]), _ints(prof["opt"]), _ints(prof["max"])
                 ),
-                meta=ModelMeta.from_dict(d["meta"]),
+                meta=ModelMeta.from_dict(d["meta"], where),
                 tensorrt_version=str(d["tensorrt"]["version"]),
                 gpu=GpuInfo(str(d["gpu"]["name"]), str(d["gpu"]["compute_capability"])),
                 plugin=None

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -157,58 +159,97 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    ann, img_dir = resolve_coco_paths(args.coco, args.ann, args.images)
-    coco: CocoSet = load_coco_set(ann, img_dir)
-    if args.batch < 1 or args.workers < 0 or (args.limit is not None and args.limit < 1):
+@dataclass
+class EvalOptions:
+    """What ``runtime.eval`` can be asked; the command-line flags of the same names (see ``--help``)."""
+
+    device: str | None = None
+    flip: bool = False
+    batch: int = 1
+    workers: int = 2
+    cuda_graph: bool = False
+    plugin: str | None = None
+    limit: int | None = None
+    evaluator: str = "faster-coco-eval"
+    progress: bool = True
+    verify: str | None = None  # a checkpoint, or "auto": the one recorded in the model
+    rules: str | None = None
+    tol: list[str] | None = None
+    ap_tol: float | None = None
+    min_match: float | None = None
+    pictures: str | None = None
+    pictures_count: int = DEFAULT_COUNT
+    out: str | None = None
+    report: str | None = None
+
+
+def evaluate_model(model: str | Path, ann: str | Path, images: str | Path, opts: EvalOptions) -> tuple[int, dict[str, Any]]:
+    """COCO mAP of ``model`` on a COCO-format set, optionally verified against PyTorch fp32.
+
+    The library form of ``python -m runtime.eval``: prints the same lines, writes ``opts.out`` /
+    ``opts.report`` when given, and returns ``(exit code, report)`` (exit 1 when verification fails).
+
+    Raises:
+        UserError: unreadable model, annotation file or images, bad options.
+    """
+    coco: CocoSet = load_coco_set(Path(ann), Path(images))
+    if opts.batch < 1 or opts.workers < 0 or (opts.limit is not None and opts.limit < 1):
         raise UserError("--batch and --limit must be at least 1, --workers at least 0")
-    if args.pictures and (not args.verify or args.pictures_count < 1):
+    if opts.pictures and (not opts.verify or opts.pictures_count < 1):
         raise UserError(
             "--pictures DIR needs --verify (it draws PyTorch fp32 beside the backend) and --pictures-count >= 1"
         )
-    images = coco.images[: args.limit] if args.limit else coco.images
-    if not images:
+    chosen = coco.images[: opts.limit] if opts.limit else coco.images
+    if not chosen:
         raise UserError(f"{coco.ann_file}: lists no images; nothing to evaluate")
 
     with contextlib.ExitStack() as resources:  # every model closed on every path
         det = resources.enter_context(
             Detector(
-                args.model,
-                device=args.device,
-                flip=args.flip,
-                batch_size=args.batch,
-                workers=args.workers,
-                **backend_options(args.model, cuda_graph=args.cuda_graph, plugin=args.plugin),
+                model,
+                device=opts.device,
+                flip=opts.flip,
+                batch_size=opts.batch,
+                workers=opts.workers,
+                **backend_options(model, cuda_graph=opts.cuda_graph, plugin=opts.plugin),
             )
         )
-        return _evaluate(args, coco, images, det, resources)
+        return _evaluate(str(model), opts, coco, chosen, det, resources)
+
+
+def run(args: argparse.Namespace) -> int:
+    ann, img_dir = resolve_coco_paths(args.coco, args.ann, args.images)
+    opts = EvalOptions(**{f.name: getattr(args, f.name) for f in fields(EvalOptions) if hasattr(args, f.name)})
+    opts.progress = not args.no_progress
+    return evaluate_model(args.model, ann, img_dir, opts)[0]
 
 
 def _evaluate(
-    args: argparse.Namespace,
+    model: str,
+    opts: EvalOptions,
     coco: CocoSet,
     images: list[Any],
     det: Detector,
     resources: contextlib.ExitStack,
-) -> int:
+) -> tuple[int, dict[str, Any]]:
     img_dir = coco.image_dir
     if not any(img_dir.iterdir()):
         raise UserError(
             f"{img_dir}: image folder is empty; pass the folder that holds the images {coco.ann_file.name} lists"
         )
-    check_classes(coco, det.meta.classes, args.model)
+    check_classes(coco, det.meta.classes, model)
     reference = None
-    if args.verify:
-        ref_path = resolve_reference(args.verify, det.info)
+    if opts.verify:
+        ref_path = resolve_reference(opts.verify, det.info)
         # The reference always gives its raw maps: the verifier takes top-k from them and needs the
         # heatmaps for its near-tie rule.
         reference = resources.enter_context(
             Detector(
                 ref_path,
-                device=args.device,
-                flip=args.flip,
-                batch_size=args.batch,
-                workers=args.workers,
+                device=opts.device,
+                flip=opts.flip,
+                batch_size=opts.batch,
+                workers=opts.workers,
                 outputs="heads",
                 dtype="fp32",
             )
@@ -216,7 +257,7 @@ def _evaluate(
         check_classes(coco, reference.meta.classes, str(ref_path))
     backend = det  # name, info and meta for the report
 
-    print(f"model    {args.model} ({det.name}, {det.info.get('precision', 'fp32')})")
+    print(f"model    {model} ({det.name}, {det.info.get('precision', 'fp32')})")
     print(f"data     {coco.ann_file} ({len(images)} images, {coco.num_annotations} annotations)")
     if reference is not None:
         print(f"verify   against {ref_path} (pytorch fp32, {reference.info['device']})")
@@ -230,10 +271,10 @@ def _evaluate(
     precision = str(det.info.get("precision", "fp32"))
     verifier = Verifier(
         Tolerances.for_precision(
-            args.rules or (precision if precision in PRECISIONS else "fp32"),
-            parse_tol(args.tol),
-            ap_tol=args.ap_tol,
-            min_match=args.min_match,
+            opts.rules or (precision if precision in PRECISIONS else "fp32"),
+            parse_tol(opts.tol),
+            ap_tol=opts.ap_tol,
+            min_match=opts.min_match,
         )
     )
     dets: dict[int, Detections] = {}
@@ -244,7 +285,7 @@ def _evaluate(
         total=len(paths),
         desc="eval",
         unit="img",
-        disable=args.no_progress,
+        disable=not opts.progress,
         dynamic_ncols=True,
         mininterval=0.5,
     )
@@ -277,20 +318,20 @@ def _evaluate(
         for k in evaluated_ids
         for r in to_coco_results(k, dets[k].boxes, dets[k].scores, dets[k].labels, coco.category_ids)
     ]
-    stats = evaluate(coco, results, args.evaluator, evaluated_ids)
+    stats = evaluate(coco, results, opts.evaluator, evaluated_ids)
     print(format_stats(stats))
     t = timings.per_image_ms()
     print(
-        f"timing   pre-process {t['preprocess_ms']:.1f} ms (in {args.workers} threads), inference {t['inference_ms']:.1f} ms, "
+        f"timing   pre-process {t['preprocess_ms']:.1f} ms (in {opts.workers} threads), inference {t['inference_ms']:.1f} ms, "
         f"decode {t['decode_ms']:.1f} ms per image; {t['fps']:.2f} images/s overall, network busy {100 * t['network_busy']:.0f}%"
         + (" (the reference ran alongside)" if verifying else "")
     )
-    if args.out:
-        write_json(args.out, results)
-        print(f"wrote    {args.out} ({len(results)} detections)")
+    if opts.out:
+        write_json(opts.out, results)
+        print(f"wrote    {opts.out} ({len(results)} detections)")
 
     report: dict[str, Any] = {
-        "model": str(args.model),
+        "model": str(model),
         "backend": det.name,
         "backend_info": backend.info,
         "dataset": {
@@ -299,8 +340,8 @@ def _evaluate(
             "images": len(evaluated_ids),
             "skipped": skipped,
         },
-        "flip": args.flip,
-        "batch": args.batch,
+        "flip": opts.flip,
+        "batch": opts.batch,
         "stats": stats,
         "timings": t,
     }
@@ -313,7 +354,7 @@ def _evaluate(
                 k, ref_dets[k].boxes, ref_dets[k].scores, ref_dets[k].labels, coco.category_ids
             )
         ]
-        ref_stats = evaluate(coco, ref_results, args.evaluator, evaluated_ids)
+        ref_stats = evaluate(coco, ref_results, opts.evaluator, evaluated_ids)
         verdict = verifier.verdict(stats, ref_stats)
         print(format_ap_table(stats, ref_stats, backend.name))
         print(f"verify   {verifier.tol.precision} rules\n{verdict.table()}")
@@ -332,24 +373,26 @@ def _evaluate(
             "reasons": [c.line() for c in verdict.criteria if not c.passed],
         }
         exit_code = EXIT_OK if verdict.passed else EXIT_CHECK_FAILED
-        if args.pictures:
+        if opts.pictures:
             pictures = write_verify_pictures(
-                args.pictures,
+                opts.pictures,
                 {im.id: im.path for im in images},
                 ref_dets,
                 dets,
                 backend.meta.classes,
                 f"{backend.name} {precision}",
-                args.pictures_count,
+                opts.pictures_count,
             )
             report["verify"]["pictures"] = [str(p) for p in pictures]
             print(
-                f"wrote    {len(pictures)} pictures to {args.pictures} (PyTorch fp32 left, {backend.name} right)"
+                f"wrote    {len(pictures)} pictures to {opts.pictures} (PyTorch fp32 left, {backend.name} right)"
             )
-    if args.report:
-        write_json(args.report, report)
-        print(f"wrote    {args.report}")
-    return exit_code
+    if opts.report:
+        write_json(opts.report, report)
+        print(f"wrote    {opts.report}")
+    return exit_code, report
+
+
 
 
 def main(argv: list[str] | None = None) -> int:

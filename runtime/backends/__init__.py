@@ -17,6 +17,11 @@ SUFFIXES = {
 }
 
 
+def is_served_address(model: object) -> bool:
+    """Whether ``model`` names a served model (``grpc://HOST:PORT/NAME`` or ``http://HOST:PORT/NAME``), not a file."""
+    return isinstance(model, str) and model.lower().startswith(("grpc://", "http://"))
+
+
 def backend_kind(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in SUFFIXES:
@@ -47,7 +52,7 @@ def open_backend(path: str | Path, device: str | None = None, **kwargs: object) 
 def backend_options(model: str | Path, cuda_graph: bool = False, plugin: str | None = None) -> dict[str, object]:
     """The backend options a command's flags mean for ``model``: ``--cuda-graph`` and ``--plugin`` concern
     TensorRT engines only and are dropped for other models (one place decides, for every command)."""
-    if str(model).lower().startswith(("grpc://", "http://")) or backend_kind(model) != "tensorrt":
+    if is_served_address(model) or backend_kind(model) != "tensorrt":
         return {}
     options: dict[str, object] = {}
     if cuda_graph:
@@ -57,4 +62,4 @@ def backend_options(model: str | Path, cuda_graph: bool = False, plugin: str | N
     return options
 
 
-__all__ = ["SUFFIXES", "Backend", "backend_kind", "backend_options", "open_backend"]
+__all__ = ["SUFFIXES", "Backend", "backend_kind", "backend_options", "is_served_address", "open_backend"]

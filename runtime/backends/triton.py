@@ -28,11 +28,6 @@ ADDRESS_FORM = "grpc://HOST:PORT/NAME or http://HOST:PORT/NAME (e.g. grpc://127.
 OUTPUTS = ("boxes", "scores", "labels")
 
 
-def is_served_address(model: object) -> bool:
-    """Whether ``model`` names a served model (``grpc://`` / ``http://``) rather than a file."""
-    return isinstance(model, str) and model.startswith(("grpc://", "http://"))
-
-
 def parse_address(address: str) -> tuple[str, str, str]:
     """``grpc://HOST:PORT/NAME`` -> ``("grpc", "HOST:PORT", "NAME")``; a ``UserError`` otherwise."""
     m = ADDRESS_RE.match(address.strip())
@@ -76,7 +71,7 @@ class TritonClient:
                 f"{address}: model '{self.model}' carries no '{META_PARAM}' parameter, so it was not written by "
                 "python -m export.to_triton; serve a repository written by it"
             )
-        self.meta = ModelMeta.from_json(params[META_PARAM])
+        self.meta = ModelMeta.from_json(params[META_PARAM], f"{address} config")
         self.info: dict[str, Any] = {
             "address": address,
             "protocol": self.protocol,
