@@ -19,8 +19,6 @@ import pytest
 
 from benchmarks import bench_decode
 from runtime.decode import (
-    HEAD_OUTPUTS,
-    PROPOSAL_OUTPUTS,
     CornerProposals,
     Detections,
     _topk_dense,
@@ -31,6 +29,7 @@ from runtime.decode import (
 from runtime.decode_fast import cells_above, kth_peak, pair_top
 from runtime.jit import kernel
 from runtime.meta import ModelMeta, TestConfig
+from runtime.names import HEAD_OUTPUTS, PROPOSAL_OUTPUTS
 from runtime.pipeline import outputs_to_proposals
 from runtime.postprocess import postprocess
 from runtime.preprocess import ImageMeta, feature_shape
