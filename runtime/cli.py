@@ -38,7 +38,7 @@ def run_cli(
     """Parse ``argv`` and run; bad input becomes one ``error:`` line and exit 2, never a traceback."""
     args = parser.parse_args(argv)
     quiet_decoder_logs()  # unreadable images are reported in one line of ours, not OpenCV's
-    warnings.showwarning = _one_line_warning
+    warnings.formatwarning = _one_line_warning  # how shown warnings read; recording them is unaffected
     try:
         return run(args)
     except UserError as e:
@@ -47,10 +47,10 @@ def run_cli(
 
 
 def _one_line_warning(
-    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
-) -> None:
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
     """Warnings from library code (e.g. classes a checkpoint loader skipped) as one ``warning:`` line."""
-    print(f"warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+    return f"warning: {' '.join(str(message).split())}\n"
 
 
 def write_json(path: str | Path, obj: Any) -> None:
