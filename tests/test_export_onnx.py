@@ -33,14 +33,12 @@ from runtime.backends.onnxruntime import (
     PRECISION_KEY,
     SOURCE_CHECKPOINT_KEY,
     SOURCE_SHA256_KEY,
-    OnnxRuntimeBackend,
 )
-from runtime.backends.pytorch import PyTorchBackend
+from runtime.detector import Detector, Result
 from runtime.errors import UserError
 from runtime.image_io import read_image
 from runtime.matching import match_detections
 from runtime.meta import MMDET_MEAN_RGB, MMDET_STD_RGB, ModelMeta
-from runtime.pipeline import BatchResult, Prepared, prepare, run_batch
 from runtime.preprocess import preprocess
 from trainer.checkpoint import build_model, load_checkpoint, sha256_file
 from trainer.model import HEAD_OUTPUTS, CornerNet, hg104
@@ -253,26 +251,26 @@ def test_heads_match_pytorch(
 
 
 @pytest.fixture(scope="module")
-def golden_reference(golden_ckpt: Path, golden_dir: Path) -> list[tuple[Prepared, BatchResult]]:
+def golden_reference(golden_ckpt: Path, golden_dir: Path) -> list[Result]:
     """PyTorch proposals and detections of every golden image (computed once for both forms)."""
-    ref = PyTorchBackend(golden_ckpt, device="cpu", outputs="proposals")
     images = sorted((golden_dir / "coco" / "images").iterdir())
     assert len(images) >= 2
-    prepared = [prepare(i, path, ref.meta, flip=False) for i, path in enumerate(images)]
-    return [(p, run_batch(ref, [p])) for p in prepared]
+    with Detector(golden_ckpt, device="cpu") as ref:
+        return list(ref.stream(images, keep_outputs=True))
 
 
 @pytest.mark.parametrize("form", FORMS)
 def test_detections_match_pytorch_on_golden_images(
-    exported: Callable[[str, str], Path], golden_reference: list[tuple[Prepared, BatchResult]], form: str
+    exported: Callable[[str, str], Path], golden_reference: list[Result], form: str
 ) -> None:
-    test = OnnxRuntimeBackend(exported(form, "proposals"), device="cpu")
-    for p, want in golden_reference:
-        got = run_batch(test, [p])
+    with Detector(exported(form, "proposals"), device="cpu") as test:
+        results = list(test.stream([str(r.source) for r in golden_reference], keep_outputs=True))
+    for want, got in zip(golden_reference, results, strict=True):
+        assert want.outputs is not None and got.outputs is not None
         np.testing.assert_array_equal(got.outputs["tl_inds"], want.outputs["tl_inds"])
         np.testing.assert_allclose(got.outputs["br_scores"], want.outputs["br_scores"], rtol=0, atol=ATOL)
-        result = match_detections(want.detections[0], got.detections[0])
-        assert result.ok, f"{form} {p.path.name}: {result}"
+        result = match_detections(want.detections(), got.detections())
+        assert result.ok, f"{form} {Path(str(got.source)).name}: {result}"
 
 
 def test_eval_ap_equals_pytorch(
