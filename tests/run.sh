@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up and run the whole test suite on a CPU machine (what CI runs through .ci/run).
-# Installs: the CPU build of torch 2.13.0, this package with its dev extras, and, when the
-# machine has no nvcc, NVIDIA's CUDA compiler wheels so the plugin's kernels are compile-tested.
+# Installs: the CPU build of torch 2.13.0, this package with its dev and serve extras, a real Triton server
+# (nvidia-pytriton's binary), and, when the machine has no nvcc, NVIDIA's CUDA compiler wheels so the
+# plugin's kernels are compile-tested.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
