@@ -200,7 +200,8 @@ class Detector:
             self.client = TritonClient(str(model), **backend_options)
         else:
             self.backend = open_backend(model, device=device, **backend_options)
-        self.model = model if isinstance(model, str) else getattr(model, "name", str(model))
+        # What the results came from, for messages: the path or address, or the open backend's name.
+        self.model = model.name if isinstance(model, Backend) else os.fspath(model)
 
     # -- properties ---------------------------------------------------------------------------------
     @property
