@@ -291,19 +291,63 @@ class Detector:
         self.times.batch_sizes.append(len(batch))
         return outputs
 
+    def _in_order(
+        self,
+        pool: ThreadPoolExecutor | None,
+        work: Callable[[int, Image], Any],
+        images: Iterable[Image],
+        ahead: int,
+        on_skip: Callable[[str, str], None] | None,
+    ) -> Iterator[tuple[int, Any]]:
+        """``(index, work(index, image))`` in input order, at most ``ahead`` images in ``pool`` at once.
+
+        ``pool=None`` runs ``work`` on this thread. An image whose ``work`` raises :class:`UserError` is
+        reported through ``on_skip`` and yields ``_SKIPPED`` (without ``on_skip`` the error propagates).
+        """
+        pending: deque[tuple[int, Image, Future[Any]]] = deque()
+        inputs = enumerate(images)
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(pending) < ahead:
+                    try:
+                        index, image = next(inputs)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    if pool is None:
+                        future: Future[Any] = Future()
+                        try:
+                            future.set_result(work(index, image))
+                        except Exception as e:  # delivered below like a worker's error
+                            future.set_exception(e)
+                    else:
+                        future = pool.submit(work, index, image)
+                    pending.append((index, image, future))
+                if not pending:
+                    return
+                index, image, future = pending.popleft()
+                try:
+                    yield index, future.result()
+                except UserError as e:
+                    if on_skip is None:
+                        raise
+                    on_skip(_as_source(image) or f"image {index}", str(e))
+                    yield index, _SKIPPED
+        finally:
+            for _, _, future in pending:
+                future.cancel()
+
     def _stream_local(
         self, images: Iterable[Image], keep: bool, on_skip: Callable[[str, str], None] | None
     ) -> Iterator[Result]:
         ahead = max(2 * max(self.workers, 1), 2 * self.batch_size)  # images being read at once
         max_waiting = 4 * self.batch_size  # images waiting in shape buckets
         max_decoding = 2  # batches between the network and the caller
-        inputs = enumerate(images)
-        reading: deque[tuple[int, Image, Future[Prepared]]] = deque()
         buckets: dict[tuple[int, int], list[Prepared]] = {}
         decoding: deque[Future[list[tuple[int, Result]]]] = deque()
         finished: dict[int, Result | _Skipped] = {}
         next_out = 0
-        exhausted = False
         t_start = time.perf_counter()
         readers = ThreadPoolExecutor(max(self.workers, 1), thread_name_prefix="detector-read")
         decoder = ThreadPoolExecutor(1, thread_name_prefix="detector-decode")
@@ -312,65 +356,49 @@ class Detector:
             for key, result in future.result():
                 finished[key] = result
 
-        def dispatch(batch: list[Prepared]) -> None:
+        def dispatch(shape: tuple[int, int]) -> None:
+            batch = buckets.pop(shape)
             outputs = self._infer(batch)  # on this thread: see the module docstring
             decoding.append(decoder.submit(self._decode, batch, outputs, keep))
             while len(decoding) > max_decoding:
                 collect(decoding.popleft())
 
+        def oldest_bucket() -> tuple[int, int]:
+            return min(buckets, key=lambda s: buckets[s][0].key)
+
+        def hand_out() -> Iterator[Result]:
+            """What is complete, in input order."""
+            nonlocal next_out
+            while next_out in finished:
+                result = finished.pop(next_out)
+                next_out += 1
+                if not isinstance(result, _Skipped):
+                    self.times.images += 1
+                    self.times.wall = time.perf_counter() - t_start
+                    yield result
+
         try:
-            while True:
-                while not exhausted and len(reading) < ahead:
-                    try:
-                        index, image = next(inputs)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    if self.workers == 0:  # read on this thread, for callers that want no threads
-                        future: Future[Prepared] = Future()
-                        try:
-                            future.set_result(self._prepare(index, image))
-                        except Exception as e:  # delivered below like a worker's error
-                            future.set_exception(e)
-                    else:
-                        future = readers.submit(self._prepare, index, image)
-                    reading.append((index, image, future))
-                if reading:
-                    index, image, future = reading.popleft()
-                    try:
-                        prepared = future.result()
-                    except UserError as e:
-                        if on_skip is None:
-                            raise
-                        on_skip(_as_source(image) or f"image {index}", str(e))
-                        finished[index] = _SKIPPED
-                    else:
-                        bucket = buckets.setdefault(prepared.pad_shape, [])
-                        bucket.append(prepared)
-                        if len(bucket) == self.batch_size:
-                            dispatch(buckets.pop(prepared.pad_shape))
-                        elif sum(len(b) for b in buckets.values()) > max_waiting:
-                            oldest = min(buckets, key=lambda s: buckets[s][0].key)
-                            dispatch(buckets.pop(oldest))
-                elif buckets:
-                    dispatch(buckets.pop(min(buckets, key=lambda s: buckets[s][0].key)))
-                elif decoding:
-                    collect(decoding.popleft())
-                # Hand out what is complete, in input order.
-                while next_out in finished:
-                    result = finished.pop(next_out)
-                    next_out += 1
-                    if not isinstance(result, _Skipped):
-                        self.times.images += 1
-                        self.times.wall = time.perf_counter() - t_start
-                        yield result
-                if exhausted and not reading and not buckets and not decoding and not finished:
-                    break
-                if exhausted and not reading and not buckets and not decoding and finished:
-                    raise RuntimeError(f"detector stream lost track of images {sorted(finished)[:5]}")
+            pool = readers if self.workers > 0 else None  # workers=0: read on this thread
+            for index, prepared in self._in_order(pool, self._prepare, images, ahead, on_skip):
+                if isinstance(prepared, _Skipped):
+                    finished[index] = prepared
+                else:
+                    bucket = buckets.setdefault(prepared.pad_shape, [])
+                    bucket.append(prepared)
+                    if len(bucket) == self.batch_size:
+                        dispatch(prepared.pad_shape)
+                    elif sum(len(b) for b in buckets.values()) > max_waiting:
+                        dispatch(oldest_bucket())
+                yield from hand_out()
+            while buckets:  # the input is exhausted: partial batches, oldest first
+                dispatch(oldest_bucket())
+                yield from hand_out()
+            while decoding:
+                collect(decoding.popleft())
+                yield from hand_out()
+            if finished:
+                raise RuntimeError(f"detector stream lost track of images {sorted(finished)[:5]}")
         finally:
-            for _, _, future in reading:
-                future.cancel()
             readers.shutdown(wait=True, cancel_futures=True)
             decoder.shutdown(wait=True, cancel_futures=True)
 
@@ -394,35 +422,14 @@ class Detector:
             return Result(d.boxes, d.scores, d.labels, self.meta.classes, _as_source(image))
 
         t_start = time.perf_counter()
-        pending: deque[tuple[int, Image, Future[Result]]] = deque()
         pool = ThreadPoolExecutor(in_flight, thread_name_prefix="detector-request")
         try:
-            inputs = enumerate(images)
-            exhausted = False
-            while True:
-                while not exhausted and len(pending) < in_flight:
-                    try:
-                        index, image = next(inputs)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    pending.append((index, image, pool.submit(request, index, image)))
-                if not pending:
-                    break
-                index, image, future = pending.popleft()
-                try:
-                    result = future.result()
-                except UserError as e:
-                    if on_skip is None:
-                        raise
-                    on_skip(_as_source(image) or f"image {index}", str(e))
-                    continue
-                self.times.images += 1
-                self.times.wall = time.perf_counter() - t_start
-                yield result
+            for _, result in self._in_order(pool, request, images, in_flight, on_skip):
+                if not isinstance(result, _Skipped):
+                    self.times.images += 1
+                    self.times.wall = time.perf_counter() - t_start
+                    yield result
         finally:
-            for _, _, future in pending:
-                future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
 
     # -- lifetime ---------------------------------------------------------------------------------

@@ -255,7 +255,6 @@ def _evaluate(
             )
         )
         check_classes(coco, reference.meta.classes, str(ref_path))
-    backend = det  # name, info and meta for the report
 
     print(f"model    {model} ({det.name}, {det.info.get('precision', 'fp32')})")
     print(f"data     {coco.ann_file} ({len(images)} images, {coco.num_annotations} annotations)")
@@ -333,7 +332,7 @@ def _evaluate(
     report: dict[str, Any] = {
         "model": str(model),
         "backend": det.name,
-        "backend_info": backend.info,
+        "backend_info": det.info,
         "dataset": {
             "ann_file": str(coco.ann_file),
             "image_dir": str(coco.image_dir),
@@ -356,7 +355,7 @@ def _evaluate(
         ]
         ref_stats = evaluate(coco, ref_results, opts.evaluator, evaluated_ids)
         verdict = verifier.verdict(stats, ref_stats)
-        print(format_ap_table(stats, ref_stats, backend.name))
+        print(format_ap_table(stats, ref_stats, det.name))
         print(f"verify   {verifier.tol.precision} rules\n{verdict.table()}")
         print(
             f"verify   {'PASSED' if verdict.passed else 'FAILED'}"
@@ -379,13 +378,13 @@ def _evaluate(
                 {im.id: im.path for im in images},
                 ref_dets,
                 dets,
-                backend.meta.classes,
-                f"{backend.name} {precision}",
+                det.meta.classes,
+                f"{det.name} {precision}",
                 opts.pictures_count,
             )
             report["verify"]["pictures"] = [str(p) for p in pictures]
             print(
-                f"wrote    {len(pictures)} pictures to {opts.pictures} (PyTorch fp32 left, {backend.name} right)"
+                f"wrote    {len(pictures)} pictures to {opts.pictures} (PyTorch fp32 left, {det.name} right)"
             )
     if opts.report:
         write_json(opts.report, report)
